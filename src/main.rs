@@ -1,1 +1,17 @@
-fn main() {}
+//! The `nbde-unlock` command: parses arguments, runs one verb, maps the result to an
+//! exit code. Everything else lives in the library.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: cli::Args = argh::from_env();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nbde-unlock: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,94 @@
+use std::fmt;
+
+/// Why an unlock step failed. Peer faults (`Server`, `Reply`) are kept apart from local
+/// ones so an operator knows which machine to look at.
+#[derive(Debug)]
+pub enum Error {
+    /// A JOSE object or key failed to parse or check; `step` says which.
+    Proto {
+        step: &'static str,
+        source: nbde_proto::Error,
+    },
+    /// The pin's configuration (CLI argument or JWE header) is unusable.
+    Config(String),
+    /// A pin this binary does not implement.
+    UnsupportedPin(String),
+    /// The server could not be reached or did not answer in time.
+    Network { url: String, detail: String },
+    /// The server answered with a non-2xx status.
+    Server {
+        url: String,
+        status: u16,
+        problem: Option<String>,
+    },
+    /// The server answered 2xx with something that is not a usable reply.
+    Reply { url: String, detail: String },
+    /// Too few children of an sss pin succeeded.
+    Threshold {
+        needed: usize,
+        succeeded: usize,
+        failures: Vec<Error>,
+    },
+    /// The user declined to trust an advertisement.
+    Untrusted,
+    Io { what: String, source: std::io::Error },
+}
+
+impl Error {
+    pub fn proto(step: &'static str) -> impl FnOnce(nbde_proto::Error) -> Error {
+        move |source| Error::Proto { step, source }
+    }
+
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Proto { step, source } => write!(f, "{step}: {source}"),
+            Error::Config(msg) => write!(f, "configuration: {msg}"),
+            Error::UnsupportedPin(pin) => write!(f, "pin {pin:?} is not supported by nbde-unlock"),
+            Error::Network { url, detail } => write!(f, "{url}: unreachable: {detail}"),
+            Error::Server {
+                url,
+                status,
+                problem,
+            } => {
+                write!(f, "{url}: server answered HTTP {status}")?;
+                if let Some(problem) = problem {
+                    write!(f, " ({problem})")?;
+                }
+                Ok(())
+            }
+            Error::Reply { url, detail } => write!(f, "{url}: unusable reply: {detail}"),
+            Error::Threshold {
+                needed,
+                succeeded,
+                failures,
+            } => {
+                write!(f, "sss: {succeeded} of the {needed} required pins succeeded")?;
+                for failure in failures {
+                    write!(f, "; {failure}")?;
+                }
+                Ok(())
+            }
+            Error::Untrusted => write!(f, "advertisement not trusted"),
+            Error::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Proto { source, .. } => Some(source),
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

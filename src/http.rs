@@ -1,0 +1,134 @@
+//! The HTTP(S) client the tang pin uses: ureq over rustls with the ring provider, bounded
+//! in time and size, trusting the system CA bundle or one CA file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
+
+use crate::error::{Error, Result};
+
+/// Largest reply body we read. A Tang advertisement is a few KiB, a recovery reply a few
+/// hundred bytes; a server sending more is not a Tang server.
+pub const MAX_REPLY_LEN: u64 = 1 << 20;
+
+/// CA bundles of the common distributions, first one present wins.
+const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            total: Duration::from_secs(15),
+        }
+    }
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+fn load_certificates(path: &str) -> Result<Vec<Certificate<'static>>> {
+    let pem = std::fs::read(path).map_err(Error::io(format!("CA file {path}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let Ok(PemItem::Certificate(cert)) = item {
+            certs.push(cert);
+        }
+    }
+    if certs.is_empty() {
+        return Err(Error::Config(format!("CA file {path} holds no certificate")));
+    }
+    Ok(certs)
+}
+
+impl Client {
+    /// A client trusting `cacert` if given, else the system bundle (none found means
+    /// HTTPS fails: we never fall back to an unverified connection).
+    pub fn new(timeouts: Timeouts, cacert: Option<&str>) -> Result<Client> {
+        let certs = match cacert {
+            Some(path) => load_certificates(path)?,
+            None => SYSTEM_CA_BUNDLES
+                .iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .map(|p| load_certificates(p))
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::Specific(Arc::new(certs)))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(timeouts.connect))
+            .timeout_global(Some(timeouts.total))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("nbde-unlock/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls)
+            .build();
+        Ok(Client {
+            agent: config.into(),
+        })
+    }
+
+    pub fn get(&self, url: &str) -> Result<Vec<u8>> {
+        let response = self.agent.get(url).call().map_err(|e| network(url, e))?;
+        read_reply(url, response)
+    }
+
+    pub fn post(&self, url: &str, content_type: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let response = self
+            .agent
+            .post(url)
+            .header("Content-Type", content_type)
+            .send(body)
+            .map_err(|e| network(url, e))?;
+        read_reply(url, response)
+    }
+}
+
+fn network(url: &str, error: ureq::Error) -> Error {
+    Error::Network {
+        url: url.to_owned(),
+        detail: error.to_string(),
+    }
+}
+
+fn read_reply(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_REPLY_LEN)
+        .read_to_vec();
+    if !(200..300).contains(&status) {
+        // A problem+json body names why (our server says denied, pending-approval, …);
+        // only its `type` is shown, never the raw body.
+        let problem = body
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+        return Err(Error::Server {
+            url: url.to_owned(),
+            status,
+            problem,
+        });
+    }
+    body.map_err(|e| Error::Reply {
+        url: url.to_owned(),
+        detail: e.to_string(),
+    })
+}

@@ -1,0 +1,229 @@
+//! The tang pin: ECDH-ES to the server's exchange key at bind time; a blinded
+//! McCallum-Relyea exchange with the server at unlock time.
+
+use std::io::{BufRead, Write};
+
+use nbde_proto::exchange;
+use nbde_proto::jwe::ecdh_es_cek;
+use nbde_proto::{Jwe, Jwk, Jws, KeySet, ThumbprintHash};
+use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
+
+use super::{Context, pin_header};
+use crate::error::{Error, Result};
+use crate::http::Client;
+
+/// The parsed `tang` pin config: `{"url":…, "thp":…, "adv":…, "cacert":…}`.
+struct Config<'a> {
+    url: &'a str,
+    thp: Option<&'a str>,
+    adv: Option<&'a Value>,
+    cacert: Option<&'a str>,
+}
+
+fn optional_str<'a>(config: &'a Value, name: &str) -> Result<Option<&'a str>> {
+    match config.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::Config(format!("tang: {name:?} must be a string"))),
+    }
+}
+
+impl<'a> Config<'a> {
+    fn parse(config: &'a Value) -> Result<Config<'a>> {
+        if !config.is_object() {
+            return Err(Error::Config("tang: config must be a JSON object".into()));
+        }
+        let url = optional_str(config, "url")?
+            .ok_or_else(|| Error::Config("tang: missing \"url\"".into()))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Config(format!("tang: url {url:?} is not http(s)")));
+        }
+        Ok(Config {
+            url,
+            thp: optional_str(config, "thp")?,
+            adv: config.get("adv"),
+            cacert: optional_str(config, "cacert")?,
+        })
+    }
+}
+
+fn base(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+/// Fetches (or reads) and verifies the advertisement, then checks it is trusted.
+fn trusted_keys(config: &Config, client: &Client, ctx: &Context) -> Result<KeySet> {
+    let jws = match config.adv {
+        Some(Value::String(path)) => {
+            let text = std::fs::read_to_string(path).map_err(Error::io(format!("adv file {path}")))?;
+            Jws::parse(&text).map_err(Error::proto("adv file"))?
+        }
+        Some(value @ Value::Object(_)) => Jws::from_value(value).map_err(Error::proto("adv"))?,
+        Some(_) => return Err(Error::Config("tang: \"adv\" must be a file name or a JWS".into())),
+        None => {
+            let url = match config.thp {
+                Some(thp) => format!("{}/adv/{thp}", base(config.url)),
+                None => format!("{}/adv/", base(config.url)),
+            };
+            let body = client.get(&url)?;
+            let text = std::str::from_utf8(&body).map_err(|_| Error::Reply {
+                url: url.clone(),
+                detail: "advertisement is not UTF-8".into(),
+            })?;
+            Jws::parse(text).map_err(|e| Error::Reply {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?
+        }
+    };
+    let keys = KeySet::from_verified_adv(&jws).map_err(Error::proto("advertisement"))?;
+    match config.thp {
+        Some(thp) if keys.is_signed_with_thumbprint(thp) => Ok(keys),
+        Some(thp) => Err(Error::Config(format!(
+            "tang: no signing key in the advertisement has thumbprint {thp}"
+        ))),
+        // An advertisement the user supplied is trusted as given, as clevis does.
+        None if config.adv.is_some() || ctx.assume_yes => Ok(keys),
+        None => ask_trust(&keys).map(|()| keys),
+    }
+}
+
+/// Asks on the terminal whether to trust the advertisement's signing keys.
+fn ask_trust(keys: &KeySet) -> Result<()> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| {
+            Error::Config(
+                "tang: no \"thp\" given and no terminal to confirm the advertisement \
+                 (give \"thp\" or -y)"
+                    .into(),
+            )
+        })?;
+    let mut out = &tty;
+    let mut prompt = String::from("The advertisement contains the following signing keys:\n\n");
+    for key in keys.signing_keys() {
+        let thp = key
+            .thumbprint(ThumbprintHash::S256)
+            .map_err(Error::proto("advertisement"))?;
+        prompt.push_str(&thp);
+        prompt.push('\n');
+    }
+    prompt.push_str("\nDo you wish to trust these keys? [ynYN] ");
+    out.write_all(prompt.as_bytes())
+        .map_err(Error::io("/dev/tty"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&tty)
+        .read_line(&mut answer)
+        .map_err(Error::io("/dev/tty"))?;
+    match answer.trim() {
+        "y" | "Y" => Ok(()),
+        _ => Err(Error::Untrusted),
+    }
+}
+
+pub fn encrypt(config: &Value, plaintext: &[u8], ctx: &Context) -> Result<Jwe> {
+    let config = Config::parse(config)?;
+    let client = Client::new(ctx.timeouts, config.cacert)?;
+    let keys = trusted_keys(&config, &client, ctx)?;
+
+    // The exchange key, as clevis stores it: public part without key_ops and alg.
+    let mut exchange_key = keys
+        .exchange_key()
+        .map_err(Error::proto("advertisement"))?
+        .to_public();
+    exchange_key.remove("key_ops");
+    exchange_key.remove("alg");
+    let server_point = exchange_key.point().map_err(Error::proto("exchange key"))?;
+    let kid = exchange_key
+        .thumbprint(ThumbprintHash::S256)
+        .map_err(Error::proto("exchange key"))?;
+
+    let mut tang = Map::new();
+    tang.insert("adv".into(), keys.to_value());
+    tang.insert("url".into(), config.url.into());
+    if let Some(cacert) = config.cacert {
+        // Stored so that decrypt trusts the same CA; stock clevis ignores the member.
+        tang.insert("cacert".into(), cacert.into());
+    }
+    let header = json!({
+        "clevis": {"pin": "tang", "tang": tang},
+        "kid": kid,
+    });
+    let Value::Object(header) = header else {
+        unreachable!("json! object")
+    };
+    Jwe::encrypt_ecdh_es(header, &server_point, plaintext).map_err(Error::proto("encrypt"))
+}
+
+pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    let tang = pin_header(jwe, "tang", "clevis.tang")?;
+    let header_error = |field| Error::Proto {
+        step: "JWE header",
+        source: nbde_proto::Error::Missing(field),
+    };
+    let url = tang
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| header_error("clevis.tang.url"))?;
+    let adv = tang.get("adv").ok_or_else(|| header_error("clevis.tang.adv"))?;
+    let cacert = tang.get("cacert").and_then(Value::as_str);
+    let kid = jwe.header_str("kid").map_err(Error::proto("JWE header"))?;
+    if kid.is_empty() || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(Error::Proto {
+            step: "JWE header",
+            source: nbde_proto::Error::Invalid("kid"),
+        });
+    }
+
+    let keys = KeySet::from_value(adv).map_err(Error::proto("clevis.tang.adv"))?;
+    let server_key = keys
+        .find(kid)
+        .ok_or_else(|| header_error("clevis.tang.adv key matching kid"))?
+        .point()
+        .map_err(Error::proto("exchange key"))?;
+    let epk = jwe.epk().map_err(Error::proto("JWE epk"))?;
+    if epk.curve() != server_key.curve() {
+        return Err(Error::Proto {
+            step: "JWE epk",
+            source: nbde_proto::Error::CurveMismatch,
+        });
+    }
+
+    let blinded = exchange::blind(&epk).map_err(Error::proto("blind"))?;
+    let mut request = Jwk::from_point(blinded.request());
+    request.set("alg", "ECMR".into());
+    let rec_url = format!("{}/rec/{kid}", base(url));
+    let client = Client::new(ctx.timeouts, cacert)?;
+    let body = client.post(
+        &rec_url,
+        "application/jwk+json",
+        request.to_value().to_string().as_bytes(),
+    )?;
+    let reply_error = |detail: String| Error::Reply {
+        url: rec_url.clone(),
+        detail,
+    };
+    let reply: Value =
+        serde_json::from_slice(&body).map_err(|_| reply_error("not a JSON JWK".into()))?;
+    let reply = Jwk::from_value(reply)
+        .and_then(|k| k.point())
+        .map_err(|e| reply_error(e.to_string()))?;
+    if reply.curve() != epk.curve() {
+        return Err(reply_error("point on another curve".into()));
+    }
+    let z = blinded
+        .unblind(&reply, &server_key)
+        .map_err(|e| reply_error(e.to_string()))?;
+    jwe.decrypt(&ecdh_es_cek(&z))
+        .map_err(|e| match e {
+            // A wrong answer from the server shows up as a failed tag.
+            nbde_proto::Error::Decrypt => reply_error("recovered key does not decrypt the JWE".into()),
+            other => Error::Proto {
+                step: "decrypt",
+                source: other,
+            },
+        })
+}

@@ -1,0 +1,184 @@
+//! Test harness: stock tangd behind a loopback listener (as socat runs it), hostile
+//! servers, and runners for stock clevis and our binary.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub const TANGD: &str = "/usr/libexec/tangd";
+pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
+pub const TANGD_ROTATE: &str = "/usr/libexec/tangd-rotate-keys";
+
+pub fn nbde_unlock() -> &'static str {
+    env!("CARGO_BIN_EXE_nbde-unlock")
+}
+
+/// Runs `program args…` with `stdin`, returning its output. Fails the test if it cannot start.
+pub fn run(program: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (the test command installs it)"));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// Runs and requires success; returns stdout.
+pub fn run_ok(program: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let out = run(program, args, stdin);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub fn clevis_encrypt(pin: &str, config: &str, plaintext: &[u8]) -> String {
+    String::from_utf8(run_ok("clevis", &["encrypt", pin, config, "-y"], plaintext)).unwrap()
+}
+
+pub fn clevis_decrypt(jwe: &str) -> Output {
+    run("clevis", &["decrypt"], jwe.as_bytes())
+}
+
+pub fn ours_encrypt(pin: &str, config: &str, plaintext: &[u8]) -> String {
+    String::from_utf8(run_ok(nbde_unlock(), &["encrypt", pin, config, "-y"], plaintext)).unwrap()
+}
+
+pub fn ours_decrypt(jwe: &str) -> Output {
+    run(nbde_unlock(), &["decrypt", "--timeout", "5"], jwe.as_bytes())
+}
+
+/// Makes a tangd key directory with one signing and one exchange key on `crv`.
+/// P-521 uses stock `tangd-keygen`; the others use `jose jwk gen` as an operator would.
+pub fn tang_keys(dir: &Path, crv: &str) {
+    if crv == "P-521" {
+        run_ok(TANGD_KEYGEN, &[dir.to_str().unwrap()], b"");
+        return;
+    }
+    let sig_alg = match crv {
+        "P-256" => "ES256",
+        "P-384" => "ES384",
+        other => panic!("no signing alg for {other}"),
+    };
+    add_key(dir, &format!(r#"{{"alg":"{sig_alg}"}}"#));
+    add_key(dir, &format!(r#"{{"alg":"ECMR","crv":"{crv}"}}"#));
+}
+
+/// Generates a key with `jose jwk gen -i TEMPLATE` into `dir/<S256 thp>.jwk`.
+pub fn add_key(dir: &Path, template: &str) {
+    let jwk = run_ok("jose", &["jwk", "gen", "-i", template], b"");
+    let thp = run_ok("jose", &["jwk", "thp", "-i-", "-a", "S256"], &jwk);
+    let name = format!("{}.jwk", String::from_utf8(thp).unwrap().trim());
+    std::fs::write(dir.join(name), jwk).unwrap();
+}
+
+/// A listener on 127.0.0.1 (free port) that hands each connection to `serve`.
+pub struct Listener {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Listener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let serve = Arc::new(serve);
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let serve = serve.clone();
+                std::thread::spawn(move || serve(stream));
+            }
+        });
+        Listener {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes the port: later connections are refused.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Stock tangd serving `dir`, one process per connection, as Debian's socket unit runs it.
+pub fn start_tangd(dir: &Path) -> Listener {
+    let dir: PathBuf = dir.to_owned();
+    Listener::start(move |stream| {
+        let input: OwnedFd = stream.try_clone().unwrap().into();
+        let output: OwnedFd = stream.into();
+        if let Ok(mut child) = Command::new(TANGD)
+            .arg(&dir)
+            .stdin(Stdio::from(input))
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            let _ = child.wait();
+        }
+    })
+}
+
+/// A server that answers every request with `status` and `body` (after reading the
+/// request head), or never answers if `status` is 0.
+pub fn start_fixed_server(status: u16, content_type: &'static str, body: Vec<u8>) -> Listener {
+    Listener::start(move |mut stream| {
+        let mut buf = [0u8; 65536];
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.read(&mut buf);
+        if status == 0 {
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&body);
+    })
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}

@@ -1,0 +1,158 @@
+//! The tang pin over HTTPS: a CA named in the config is trusted (and remembered in the
+//! JWE for decrypt); a wrong CA, a wrong host name, or no CA at all is refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::json;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn make_ca() -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca {
+        issuer: Issuer::new(params, key),
+        pem,
+    }
+}
+
+/// Reads one HTTP request (head and Content-Length body).
+fn read_request(stream: &mut impl Read) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return data;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            while data.len() < end + 4 + length {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            return data;
+        }
+    }
+}
+
+/// Stock tangd behind a TLS terminator whose certificate names `host`, issued by `ca`.
+fn start_tls_tangd(keys: &Path, ca: &Ca, host: &str) -> Listener {
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca.issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let config = Arc::new(config);
+    let keys = keys.to_owned();
+    Listener::start(move |tcp: TcpStream| {
+        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let request = read_request(&mut tls);
+        if request.is_empty() {
+            return;
+        }
+        let mut tangd = Command::new(TANGD)
+            .arg(&keys)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tangd.stdin.take().unwrap().write_all(&request).unwrap();
+        let out = tangd.wait_with_output().unwrap();
+        let _ = tls.write_all(&out.stdout);
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    })
+}
+
+#[test]
+fn https_with_the_right_ca_works_and_anything_else_is_refused() {
+    let keys = tempdir();
+    tang_keys(keys.path(), "P-256");
+    let ca = make_ca();
+    let other_ca = make_ca();
+    let files = tempdir();
+    let ca_file = files.path().join("ca.pem");
+    let other_file = files.path().join("other.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    std::fs::write(&other_file, &other_ca.pem).unwrap();
+    let server = start_tls_tangd(keys.path(), &ca, "127.0.0.1");
+    let url = format!("https://127.0.0.1:{}", server.port);
+
+    let config = json!({"url": url, "cacert": ca_file.to_str().unwrap()}).to_string();
+    let jwe = ours_encrypt("tang", &config, b"over tls");
+    let out = ours_decrypt(&jwe);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"over tls");
+
+    // A JWE whose header names another CA file: refused at the handshake.
+    std::fs::write(&ca_file, &other_ca.pem).unwrap();
+    let out = ours_decrypt(&jwe);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+
+    for config in [
+        json!({"url": url, "cacert": other_file.to_str().unwrap()}),
+        // No CA named: the system bundle does not know our test CA; no fallback to plain.
+        json!({"url": url}),
+    ] {
+        let out = run(nbde_unlock(), &["encrypt", "tang", &config.to_string(), "-y"], b"x");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unreachable") && err.to_lowercase().contains("certificate"), "{err}");
+    }
+}
+
+#[test]
+fn https_to_the_wrong_host_name_is_refused() {
+    let keys = tempdir();
+    tang_keys(keys.path(), "P-256");
+    let ca = make_ca();
+    let files = tempdir();
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let server = start_tls_tangd(keys.path(), &ca, "tang.example");
+    let config = json!({
+        "url": format!("https://127.0.0.1:{}", server.port),
+        "cacert": ca_file.to_str().unwrap(),
+    });
+    let out = run(nbde_unlock(), &["encrypt", "tang", &config.to_string(), "-y"], b"x");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unreachable") && err.to_lowercase().contains("certificate"), "{err}");
+}
