@@ -68,7 +68,9 @@ fn read_stdin(what: &str) -> Result<Zeroizing<Vec<u8>>> {
         .read_to_end(&mut data)
         .map_err(Error::io(format!("reading {what}")))?;
     if data.len() as u64 > MAX_STDIN {
-        return Err(Error::Config(format!("{what} on standard input is over 16 MiB")));
+        return Err(Error::Config(format!(
+            "{what} on standard input is over 16 MiB"
+        )));
     }
     Ok(data)
 }

@@ -31,7 +31,10 @@ pub enum Error {
     },
     /// The user declined to trust an advertisement.
     Untrusted,
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -69,7 +72,10 @@ impl fmt::Display for Error {
                 succeeded,
                 failures,
             } => {
-                write!(f, "sss: {succeeded} of the {needed} required pins succeeded")?;
+                write!(
+                    f,
+                    "sss: {succeeded} of the {needed} required pins succeeded"
+                )?;
                 for failure in failures {
                     write!(f, "; {failure}")?;
                 }

@@ -48,7 +48,9 @@ fn load_certificates(path: &str) -> Result<Vec<Certificate<'static>>> {
         }
     }
     if certs.is_empty() {
-        return Err(Error::Config(format!("CA file {path} holds no certificate")));
+        return Err(Error::Config(format!(
+            "CA file {path} holds no certificate"
+        )));
     }
     Ok(certs)
 }

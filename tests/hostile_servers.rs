@@ -15,7 +15,12 @@ fn jwe_for(url: &str, keys: &std::path::Path) -> String {
     let adv = run_ok("curl", &["-sf", &format!("{}/adv", tang.url())], b"");
     let adv: Value = serde_json::from_slice(&adv).unwrap();
     let config = json!({"url": url, "adv": adv}).to_string();
-    String::from_utf8(run_ok(nbde_unlock(), &["encrypt", "tang", &config], b"never printed")).unwrap()
+    String::from_utf8(run_ok(
+        nbde_unlock(),
+        &["encrypt", "tang", &config],
+        b"never printed",
+    ))
+    .unwrap()
 }
 
 fn assert_clean_failure(out: &std::process::Output, expect: &str) {
@@ -41,13 +46,37 @@ fn hostile_recovery_replies_fail_cleanly() {
     off_curve_y[65] ^= 1;
     let p256 = Curve::P256.random_scalar().unwrap().public_point();
     let cases: Vec<(u16, Vec<u8>, &str)> = vec![
-        (200, jwk_reply("P-521", valid.x(), &off_curve_y), "not a valid point"),
-        (200, jwk_reply("P-521", &[0; 66], &[0; 66]), "not a valid point"),
-        (200, jwk_reply("P-256", p256.x(), p256.y()), "unusable reply"),
-        (200, jwk_reply("P-521", valid.x(), valid.y()), "recovered key does not decrypt"),
+        (
+            200,
+            jwk_reply("P-521", valid.x(), &off_curve_y),
+            "not a valid point",
+        ),
+        (
+            200,
+            jwk_reply("P-521", &[0; 66], &[0; 66]),
+            "not a valid point",
+        ),
+        (
+            200,
+            jwk_reply("P-256", p256.x(), p256.y()),
+            "unusable reply",
+        ),
+        (
+            200,
+            jwk_reply("P-521", valid.x(), valid.y()),
+            "recovered key does not decrypt",
+        ),
         (200, b"garbage".to_vec(), "not a JSON JWK"),
         (200, b"[1,2,3]".to_vec(), "unusable reply"),
-        (200, Jwk::from_point(&valid).to_value().to_string().replace("EC", "RSA").into_bytes(), "unsupported key type"),
+        (
+            200,
+            Jwk::from_point(&valid)
+                .to_value()
+                .to_string()
+                .replace("EC", "RSA")
+                .into_bytes(),
+            "unsupported key type",
+        ),
         (200, vec![b' '; 2 << 20], "unusable reply"),
         (500, b"oops".to_vec(), "HTTP 500"),
         (403, br#"{"type":"denied"}"#.to_vec(), "HTTP 403 (denied)"),
@@ -67,7 +96,11 @@ fn a_server_that_never_answers_times_out() {
     let server = start_fixed_server(0, "", Vec::new());
     let jwe = jwe_for(&server.url(), keys.path());
     let start = Instant::now();
-    let out = run(nbde_unlock(), &["decrypt", "--timeout", "2"], jwe.as_bytes());
+    let out = run(
+        nbde_unlock(),
+        &["decrypt", "--timeout", "2"],
+        jwe.as_bytes(),
+    );
     // Bounded: the 2 s timeout, with generous slack for a loaded machine.
     assert!(start.elapsed() < Duration::from_secs(20));
     assert_clean_failure(&out, "unreachable");
@@ -89,12 +122,17 @@ fn hostile_advertisements_are_refused() {
     let keys = tempdir();
     tang_keys(keys.path(), "P-521");
     let tang = start_tangd(keys.path());
-    let adv: Value =
-        serde_json::from_slice(&run_ok("curl", &["-sf", &format!("{}/adv", tang.url())], b"")).unwrap();
+    let adv: Value = serde_json::from_slice(&run_ok(
+        "curl",
+        &["-sf", &format!("{}/adv", tang.url())],
+        b"",
+    ))
+    .unwrap();
 
     // The payload swapped for one with an attacker's exchange key, signature kept.
     let mut payload: Value =
-        serde_json::from_slice(&b64::decode(adv["payload"].as_str().unwrap(), "t").unwrap()).unwrap();
+        serde_json::from_slice(&b64::decode(adv["payload"].as_str().unwrap(), "t").unwrap())
+            .unwrap();
     let evil = Jwk::from_point(&Curve::P521.random_scalar().unwrap().public_point());
     for key in payload["keys"].as_array_mut().unwrap() {
         if key["alg"] == "ECMR" {
@@ -109,8 +147,14 @@ fn hostile_advertisements_are_refused() {
     unsigned["signature"] = b64::encode(&[0u8; 132]).into();
 
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (swapped.to_string().into_bytes(), "signature does not verify"),
-        (unsigned.to_string().into_bytes(), "signature does not verify"),
+        (
+            swapped.to_string().into_bytes(),
+            "signature does not verify",
+        ),
+        (
+            unsigned.to_string().into_bytes(),
+            "signature does not verify",
+        ),
         (b"{\"payload\":\"e30\"}".to_vec(), "protected"),
         (b"not json".to_vec(), "unusable reply"),
         (vec![b'{'; 3 << 20], "unusable reply"),
@@ -118,7 +162,11 @@ fn hostile_advertisements_are_refused() {
     for (body, expect) in cases {
         let server = start_fixed_server(200, "application/jose+json", body);
         let config = json!({"url": server.url()}).to_string();
-        let out = run(nbde_unlock(), &["encrypt", "tang", &config, "-y", "--timeout", "5"], b"x");
+        let out = run(
+            nbde_unlock(),
+            &["encrypt", "tang", &config, "-y", "--timeout", "5"],
+            b"x",
+        );
         assert_clean_failure(&out, expect);
     }
 }

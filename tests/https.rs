@@ -117,7 +117,11 @@ fn https_with_the_right_ca_works_and_anything_else_is_refused() {
     let config = json!({"url": url, "cacert": ca_file.to_str().unwrap()}).to_string();
     let jwe = ours_encrypt("tang", &config, b"over tls");
     let out = ours_decrypt(&jwe);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"over tls");
 
     // A JWE whose header names another CA file: refused at the handshake.
@@ -131,10 +135,17 @@ fn https_with_the_right_ca_works_and_anything_else_is_refused() {
         // No CA named: the system bundle does not know our test CA; no fallback to plain.
         json!({"url": url}),
     ] {
-        let out = run(nbde_unlock(), &["encrypt", "tang", &config.to_string(), "-y"], b"x");
+        let out = run(
+            nbde_unlock(),
+            &["encrypt", "tang", &config.to_string(), "-y"],
+            b"x",
+        );
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("unreachable") && err.to_lowercase().contains("certificate"), "{err}");
+        assert!(
+            err.contains("unreachable") && err.to_lowercase().contains("certificate"),
+            "{err}"
+        );
     }
 }
 
@@ -151,8 +162,15 @@ fn https_to_the_wrong_host_name_is_refused() {
         "url": format!("https://127.0.0.1:{}", server.port),
         "cacert": ca_file.to_str().unwrap(),
     });
-    let out = run(nbde_unlock(), &["encrypt", "tang", &config.to_string(), "-y"], b"x");
+    let out = run(
+        nbde_unlock(),
+        &["encrypt", "tang", &config.to_string(), "-y"],
+        b"x",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unreachable") && err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.contains("unreachable") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
 }

@@ -27,7 +27,11 @@ fn stock_clevis_tang_decrypts_with_nbde_unlock_on_every_curve() {
         let jwe = clevis_encrypt("tang", &tang_config(&tang.url()), plaintext.as_bytes());
         assert_eq!(header_of(&jwe)["epk"]["crv"], crv);
         let out = ours_decrypt(&jwe);
-        assert!(out.status.success(), "{crv}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{crv}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, plaintext.as_bytes(), "{crv}");
     }
 }
@@ -46,7 +50,11 @@ fn nbde_unlock_tang_decrypts_with_stock_clevis_on_every_curve() {
         assert_eq!(header["epk"]["crv"], crv);
         assert_eq!(jwe.split('.').count(), 5);
         let out = clevis_decrypt(&jwe);
-        assert!(out.status.success(), "{crv}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{crv}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, plaintext.as_bytes(), "{crv}");
         // And our own decrypt, for completeness of the round trip.
         assert_eq!(ours_decrypt(&jwe).stdout, plaintext.as_bytes());
@@ -72,8 +80,10 @@ fn sss_interoperates_and_survives_a_dead_server() {
     tang_keys(keys_b.path(), "P-256");
     let a = start_tangd(keys_a.path());
     let mut b = start_tangd(keys_b.path());
-    let one_of_two = json!({"t": 1, "pins": {"tang": [{"url": a.url()}, {"url": b.url()}]}}).to_string();
-    let two_of_two = json!({"t": 2, "pins": {"tang": [{"url": a.url()}, {"url": b.url()}]}}).to_string();
+    let one_of_two =
+        json!({"t": 1, "pins": {"tang": [{"url": a.url()}, {"url": b.url()}]}}).to_string();
+    let two_of_two =
+        json!({"t": 2, "pins": {"tang": [{"url": a.url()}, {"url": b.url()}]}}).to_string();
 
     let stock_1 = clevis_encrypt("sss", &one_of_two, b"stock 1-of-2");
     let stock_2 = clevis_encrypt("sss", &two_of_two, b"stock 2-of-2");
@@ -127,9 +137,18 @@ fn jwes_made_before_a_rotation_still_decrypt_after_it() {
     run_ok(TANGD_ROTATE, &["-d", keys.path().to_str().unwrap()], b"");
     let hidden = std::fs::read_dir(keys.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
         .count();
-    assert_eq!(hidden, 2, "rotation hides the old signing and exchange keys");
+    assert_eq!(
+        hidden, 2,
+        "rotation hides the old signing and exchange keys"
+    );
 
     let ours_new = ours_encrypt("tang", &config, b"ours after");
     assert_ne!(header_of(&ours_new)["kid"], header_of(&ours_old)["kid"]);
@@ -149,8 +168,17 @@ fn general_form_advertisement_with_two_signing_keys() {
     tang_keys(keys.path(), "P-521");
     add_key(keys.path(), r#"{"alg":"ES512"}"#);
     let tang = start_tangd(keys.path());
-    let adv: Value = serde_json::from_slice(&run_ok("curl", &["-sf", &format!("{}/adv", tang.url())], b"")).unwrap();
-    assert_eq!(adv["signatures"].as_array().map(Vec::len), Some(2), "tangd serves the general form");
+    let adv: Value = serde_json::from_slice(&run_ok(
+        "curl",
+        &["-sf", &format!("{}/adv", tang.url())],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(
+        adv["signatures"].as_array().map(Vec::len),
+        Some(2),
+        "tangd serves the general form"
+    );
     let ours = ours_encrypt("tang", &tang_config(&tang.url()), b"general");
     assert_eq!(clevis_decrypt(&ours).stdout, b"general");
 }
@@ -167,7 +195,11 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
         .find(|p| std::fs::read_to_string(p).unwrap().contains("ES512"))
         .unwrap();
     let thp = |alg: &str| {
-        let out = run_ok("jose", &["jwk", "thp", "-i", signing.to_str().unwrap(), "-a", alg], b"");
+        let out = run_ok(
+            "jose",
+            &["jwk", "thp", "-i", signing.to_str().unwrap(), "-a", alg],
+            b"",
+        );
         String::from_utf8(out).unwrap().trim().to_owned()
     };
 
@@ -175,12 +207,19 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
     for hash in ["S256", "S1"] {
         let config = json!({"url": tang.url(), "thp": thp(hash)}).to_string();
         let jwe = run_ok(nbde_unlock(), &["encrypt", "tang", &config], b"pinned");
-        assert_eq!(clevis_decrypt(&String::from_utf8(jwe).unwrap()).stdout, b"pinned");
+        assert_eq!(
+            clevis_decrypt(&String::from_utf8(jwe).unwrap()).stdout,
+            b"pinned"
+        );
     }
-    let wrong = json!({"url": tang.url(), "thp": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}).to_string();
+    let wrong = json!({"url": tang.url(), "thp": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
+        .to_string();
     let out = run(nbde_unlock(), &["encrypt", "tang", &wrong, "-y"], b"x");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 404"), "tangd knows no such key");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 404"),
+        "tangd knows no such key"
+    );
 
     // Offline: adv from a file and as an object, with the server gone.
     let file = keys.path().join("adv.jws");
@@ -191,11 +230,18 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
     for adv_config in [json!(file.to_str().unwrap()), adv_value] {
         let config = json!({"url": url, "adv": adv_config}).to_string();
         let jwe = run_ok(nbde_unlock(), &["encrypt", "tang", &config], b"offline");
-        assert_eq!(header_of(&String::from_utf8(jwe).unwrap())["clevis"]["tang"]["url"], url);
+        assert_eq!(
+            header_of(&String::from_utf8(jwe).unwrap())["clevis"]["tang"]["url"],
+            url
+        );
     }
     // A given adv is checked against thp too.
     let config = json!({"url": url, "adv": file.to_str().unwrap(), "thp": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"});
-    let out = run(nbde_unlock(), &["encrypt", "tang", &config.to_string()], b"x");
+    let out = run(
+        nbde_unlock(),
+        &["encrypt", "tang", &config.to_string()],
+        b"x",
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no signing key"));
     assert!(out.stdout.is_empty());
 }
@@ -206,7 +252,17 @@ fn without_thp_or_yes_and_no_terminal_it_refuses() {
     tang_keys(keys.path(), "P-521");
     let tang = start_tangd(keys.path());
     // setsid: no controlling terminal, as under CI or a script.
-    let out = run("setsid", &["-w", nbde_unlock(), "encrypt", "tang", &tang_config(&tang.url())], b"x");
+    let out = run(
+        "setsid",
+        &[
+            "-w",
+            nbde_unlock(),
+            "encrypt",
+            "tang",
+            &tang_config(&tang.url()),
+        ],
+        b"x",
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no terminal to confirm"));
     assert!(out.stdout.is_empty());
@@ -217,12 +273,21 @@ fn foreign_and_unknown_pins_fail_naming_the_pin() {
     for pin in ["tpm2", "tpm1", "pkcs11", "frobnicate"] {
         let out = run(nbde_unlock(), &["encrypt", pin, "{}"], b"x");
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pin \"{pin}")), "{pin}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("pin \"{pin}")),
+            "{pin}"
+        );
         // A JWE naming that pin, as another tool would write it.
         let header = json!({"alg": "dir", "enc": "A256GCM", "clevis": {"pin": pin}});
-        let jwe = format!("{}..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA", nbde_proto::b64::encode(header.to_string().as_bytes()));
+        let jwe = format!(
+            "{}..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA",
+            nbde_proto::b64::encode(header.to_string().as_bytes())
+        );
         let out = ours_decrypt(&jwe);
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pin \"{pin}")), "{pin}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("pin \"{pin}")),
+            "{pin}"
+        );
     }
 }

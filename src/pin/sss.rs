@@ -19,12 +19,18 @@ fn child_configs(pins: &Map<String, Value>) -> Result<Vec<(&str, &Value)>> {
             Value::Array(list) => {
                 for config in list {
                     if !config.is_object() {
-                        return Err(Error::Config(format!("sss: a {pin} config is not an object")));
+                        return Err(Error::Config(format!(
+                            "sss: a {pin} config is not an object"
+                        )));
                     }
                     children.push((pin.as_str(), config));
                 }
             }
-            _ => return Err(Error::Config(format!("sss: pins.{pin} must be an object or array"))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "sss: pins.{pin} must be an object or array"
+                )));
+            }
         }
     }
     Ok(children)

@@ -56,11 +56,16 @@ fn base(url: &str) -> &str {
 fn trusted_keys(config: &Config, client: &Client, ctx: &Context) -> Result<KeySet> {
     let jws = match config.adv {
         Some(Value::String(path)) => {
-            let text = std::fs::read_to_string(path).map_err(Error::io(format!("adv file {path}")))?;
+            let text =
+                std::fs::read_to_string(path).map_err(Error::io(format!("adv file {path}")))?;
             Jws::parse(&text).map_err(Error::proto("adv file"))?
         }
         Some(value @ Value::Object(_)) => Jws::from_value(value).map_err(Error::proto("adv"))?,
-        Some(_) => return Err(Error::Config("tang: \"adv\" must be a file name or a JWS".into())),
+        Some(_) => {
+            return Err(Error::Config(
+                "tang: \"adv\" must be a file name or a JWS".into(),
+            ));
+        }
         None => {
             let url = match config.thp {
                 Some(thp) => format!("{}/adv/{thp}", base(config.url)),
@@ -168,10 +173,16 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| header_error("clevis.tang.url"))?;
-    let adv = tang.get("adv").ok_or_else(|| header_error("clevis.tang.adv"))?;
+    let adv = tang
+        .get("adv")
+        .ok_or_else(|| header_error("clevis.tang.adv"))?;
     let cacert = tang.get("cacert").and_then(Value::as_str);
     let kid = jwe.header_str("kid").map_err(Error::proto("JWE header"))?;
-    if kid.is_empty() || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if kid.is_empty()
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(Error::Proto {
             step: "JWE header",
             source: nbde_proto::Error::Invalid("kid"),
@@ -217,13 +228,12 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
     let z = blinded
         .unblind(&reply, &server_key)
         .map_err(|e| reply_error(e.to_string()))?;
-    jwe.decrypt(&ecdh_es_cek(&z))
-        .map_err(|e| match e {
-            // A wrong answer from the server shows up as a failed tag.
-            nbde_proto::Error::Decrypt => reply_error("recovered key does not decrypt the JWE".into()),
-            other => Error::Proto {
-                step: "decrypt",
-                source: other,
-            },
-        })
+    jwe.decrypt(&ecdh_es_cek(&z)).map_err(|e| match e {
+        // A wrong answer from the server shows up as a failed tag.
+        nbde_proto::Error::Decrypt => reply_error("recovered key does not decrypt the JWE".into()),
+        other => Error::Proto {
+            step: "decrypt",
+            source: other,
+        },
+    })
 }

@@ -59,11 +59,20 @@ pub fn clevis_decrypt(jwe: &str) -> Output {
 }
 
 pub fn ours_encrypt(pin: &str, config: &str, plaintext: &[u8]) -> String {
-    String::from_utf8(run_ok(nbde_unlock(), &["encrypt", pin, config, "-y"], plaintext)).unwrap()
+    String::from_utf8(run_ok(
+        nbde_unlock(),
+        &["encrypt", pin, config, "-y"],
+        plaintext,
+    ))
+    .unwrap()
 }
 
 pub fn ours_decrypt(jwe: &str) -> Output {
-    run(nbde_unlock(), &["decrypt", "--timeout", "5"], jwe.as_bytes())
+    run(
+        nbde_unlock(),
+        &["decrypt", "--timeout", "5"],
+        jwe.as_bytes(),
+    )
 }
 
 /// Makes a tangd key directory with one signing and one exchange key on `crv`.
