@@ -131,7 +131,7 @@ fn ask_trust(keys: &KeySet) -> Result<()> {
 
 pub fn encrypt(config: &Value, plaintext: &[u8], ctx: &Context) -> Result<Jwe> {
     let config = Config::parse(config)?;
-    let client = Client::new(ctx.timeouts, config.cacert)?;
+    let client = Client::new(ctx.timeouts, config.cacert, config.url)?;
     let keys = trusted_keys(&config, &client, ctx)?;
 
     // The exchange key, as clevis stores it: public part without key_ops and alg.
@@ -207,7 +207,7 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
     let mut request = Jwk::from_point(blinded.request());
     request.set("alg", "ECMR".into());
     let rec_url = format!("{}/rec/{kid}", base(url));
-    let client = Client::new(ctx.timeouts, cacert)?;
+    let client = Client::new(ctx.timeouts, cacert, &rec_url)?;
     let body = client.post(
         &rec_url,
         "application/jwk+json",
