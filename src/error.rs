@@ -31,6 +31,10 @@ pub enum Error {
     },
     /// The user declined to trust an advertisement.
     Untrusted,
+    /// libcryptsetup refused a step on the LUKS header or a keyslot.
+    Luks { step: &'static str, detail: String },
+    /// The key does not open the keyslot (libcryptsetup's EPERM).
+    WrongKey,
     Io {
         what: String,
         source: std::io::Error,
@@ -82,6 +86,8 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::Untrusted => write!(f, "advertisement not trusted"),
+            Error::Luks { step, detail } => write!(f, "LUKS {step}: {detail}"),
+            Error::WrongKey => write!(f, "wrong key: no keyslot opens with it"),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }

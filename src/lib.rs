@@ -1,7 +1,10 @@
-//! nbde-unlock: Clevis-compatible pins, and (to come) LUKS2 binding and boot-time unlock.
+//! nbde-unlock: Clevis-compatible pins, LUKS2 binding, and (to come) boot-time unlock.
 
+pub mod bind;
 pub mod error;
 pub mod http;
+pub mod luks;
 pub mod pin;
+pub mod tty;
 
 pub use error::{Error, Result};

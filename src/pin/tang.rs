@@ -146,8 +146,22 @@ pub fn encrypt(config: &Value, plaintext: &[u8], ctx: &Context) -> Result<Jwe> {
         .thumbprint(ThumbprintHash::S256)
         .map_err(Error::proto("exchange key"))?;
 
+    // The signing key trusted now, recorded so that a later regen can fetch the rotated
+    // advertisement through it (tang signs /adv/{thp} with a hidden key too) without asking
+    // again. Stock clevis ignores the member.
+    let trusted_thp = match config.thp {
+        Some(thp) => thp.to_owned(),
+        None => keys
+            .signing_keys()
+            .next()
+            .ok_or_else(|| Error::Config("tang: advertisement has no signing key".into()))?
+            .thumbprint(ThumbprintHash::S256)
+            .map_err(Error::proto("advertisement"))?,
+    };
+
     let mut tang = Map::new();
     tang.insert("adv".into(), keys.to_value());
+    tang.insert("thp".into(), trusted_thp.into());
     tang.insert("url".into(), config.url.into());
     if let Some(cacert) = config.cacert {
         // Stored so that decrypt trusts the same CA; stock clevis ignores the member.
