@@ -4,7 +4,7 @@
 
 use std::sync::mpsc;
 
-use nbde_proto::{Jwe, Jws, KeySet, b64};
+use nbde_proto::{Jwe, Jws, KeySet, ThumbprintHash, b64};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
@@ -330,9 +330,11 @@ fn current_keys(url: &str, cacert: Option<&str>, ctx: &Context) -> Result<KeySet
     KeySet::from_verified_adv(&jws).map_err(Error::proto("advertisement"))
 }
 
-/// The pin config that made `jwe`, for rebinding: tang keeps its url, CA file and `thp`
-/// pin (where the binding recorded one); sss keeps its threshold and children.
-pub fn config_of(jwe: &Jwe) -> Result<(String, Value)> {
+/// The pin config that made `jwe`, for rebinding: tang keeps its url and CA file, and,
+/// unless `trust_anew`, stays pinned to the signing key it trusted before (the recorded
+/// `thp`, or for a stock clevis binding the first signing key of its stored adv), with the
+/// old keys allowed to vouch for it. sss keeps its threshold and children.
+pub fn config_of(jwe: &Jwe, trust_anew: bool) -> Result<(String, Value)> {
     let pin_name = pin::pin_of(jwe)?.to_owned();
     let config = match pin_name.as_str() {
         "tang" => {
@@ -341,9 +343,21 @@ pub fn config_of(jwe: &Jwe) -> Result<(String, Value)> {
                 .cloned()
                 .unwrap_or_default();
             let mut config = Map::new();
-            for member in ["url", "thp", "cacert"] {
+            for member in ["url", "cacert"] {
                 if let Some(v) = tang.get(member) {
                     config.insert(member.into(), v.clone());
+                }
+            }
+            let old_keys = tang.get("adv").and_then(|adv| KeySet::from_value(adv).ok());
+            let recorded = tang.get("thp").and_then(Value::as_str).map(str::to_owned);
+            let thp = recorded.or_else(|| {
+                let first = old_keys.as_ref()?.signing_keys().next()?;
+                first.thumbprint(ThumbprintHash::S256).ok()
+            });
+            if !trust_anew && let Some(thp) = thp {
+                config.insert("thp".into(), thp.into());
+                if let Some(old_keys) = old_keys {
+                    config.insert("trusted_keys".into(), old_keys.to_value());
                 }
             }
             Value::Object(config)
@@ -358,7 +372,7 @@ pub fn config_of(jwe: &Jwe) -> Result<(String, Value)> {
                     .as_str()
                     .ok_or_else(|| Error::Config("sss child is not a compact JWE".into()))
                     .and_then(|c| Jwe::parse_compact(c).map_err(Error::proto("sss child JWE")))?;
-                let (name, config) = config_of(&child)?;
+                let (name, config) = config_of(&child, trust_anew)?;
                 match pins.entry(name).or_insert_with(|| Value::Array(vec![])) {
                     Value::Array(list) => list.push(config),
                     _ => unreachable!("inserted as array"),
@@ -378,7 +392,7 @@ pub fn regen(volume: &mut Volume, slot: u32, ctx: &Context) -> Result<u32> {
     let old_jwe = token.jwe.map_err(Error::Config)?;
     let old_key = pin::decrypt(&old_jwe, ctx)?;
     volume.test_key(Some(slot), &old_key)?;
-    let (pin_name, config) = config_of(&old_jwe)?;
+    let (pin_name, config) = config_of(&old_jwe, ctx.assume_yes)?;
     let key = new_bound_key()?;
     let jwe = pin::encrypt(&pin_name, &config, &key, ctx)?;
     let new_slot = bind_jwe(volume, None, &old_key, &key, &jwe)?;

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl)
+PACKAGES=(clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

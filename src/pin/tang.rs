@@ -13,12 +13,16 @@ use super::{Context, pin_header};
 use crate::error::{Error, Result};
 use crate::http::Client;
 
-/// The parsed `tang` pin config: `{"url":…, "thp":…, "adv":…, "cacert":…}`.
+/// The parsed `tang` pin config: `{"url":…, "thp":…, "adv":…, "cacert":…}`, plus
+/// `trusted_keys` (a key set): signing keys already trusted, which may vouch for `thp` when
+/// the server no longer advertises that key but still signs with it (tang's rotated keys
+/// sign `/adv/{thp}`). `regen` passes the old advertisement's keys here.
 struct Config<'a> {
     url: &'a str,
     thp: Option<&'a str>,
     adv: Option<&'a Value>,
     cacert: Option<&'a str>,
+    trusted_keys: Option<KeySet>,
 }
 
 fn optional_str<'a>(config: &'a Value, name: &str) -> Result<Option<&'a str>> {
@@ -44,6 +48,11 @@ impl<'a> Config<'a> {
             thp: optional_str(config, "thp")?,
             adv: config.get("adv"),
             cacert: optional_str(config, "cacert")?,
+            trusted_keys: config
+                .get("trusted_keys")
+                .map(KeySet::from_value)
+                .transpose()
+                .map_err(Error::proto("tang: trusted_keys"))?,
         })
     }
 }
@@ -83,8 +92,15 @@ fn trusted_keys(config: &Config, client: &Client, ctx: &Context) -> Result<KeySe
         }
     };
     let keys = KeySet::from_verified_adv(&jws).map_err(Error::proto("advertisement"))?;
+    let vouched_by_known_key = |thp: &str| {
+        config.trusted_keys.as_ref().is_some_and(|known| {
+            known
+                .signing_keys()
+                .any(|k| k.matches_thumbprint(thp) && jws.is_signed_by(k))
+        })
+    };
     match config.thp {
-        Some(thp) if keys.is_signed_with_thumbprint(thp) => Ok(keys),
+        Some(thp) if keys.is_signed_with_thumbprint(thp) || vouched_by_known_key(thp) => Ok(keys),
         Some(thp) => Err(Error::Config(format!(
             "tang: no signing key in the advertisement has thumbprint {thp}"
         ))),

@@ -191,3 +191,61 @@ pub fn start_fixed_server(status: u16, content_type: &'static str, body: Vec<u8>
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The passphrase of the images `luks_image` makes.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A 32 MiB LUKS2 image file with `PASSPHRASE` in keyslot 0 (cheap PBKDF2, as test slots
+/// should be; Argon2 is measured in the bench, not paid in every test).
+pub fn luks_image(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let keyfile = dir.join(format!("{name}.pass"));
+    std::fs::write(&keyfile, PASSPHRASE).unwrap();
+    run_ok(
+        "cryptsetup",
+        &[
+            "luksFormat",
+            "--type",
+            "luks2",
+            "--batch-mode",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            path.to_str().unwrap(),
+            keyfile.to_str().unwrap(),
+        ],
+        b"",
+    );
+    path
+}
+
+/// The key file holding `PASSPHRASE` next to an image made by `luks_image`.
+pub fn passphrase_file(image: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.pass", image.display()))
+}
+
+/// Whether `key` opens `image` (in `slot`, or any slot), as cryptsetup checks it.
+pub fn key_opens(image: &Path, slot: Option<u32>, key: &[u8]) -> bool {
+    let mut args = vec!["open", "--test-passphrase", "--key-file", "-"];
+    let slot_text = slot.map(|s| s.to_string());
+    if let Some(s) = &slot_text {
+        args.extend(["--key-slot", s]);
+    }
+    args.push(image.to_str().unwrap());
+    run("cryptsetup", &args, key).status.success()
+}
+
+/// `cryptsetup luksDump --dump-json-metadata`: the header as JSON.
+pub fn luks_json(image: &Path) -> serde_json::Value {
+    let out = run_ok(
+        "cryptsetup",
+        &["luksDump", "--dump-json-metadata", image.to_str().unwrap()],
+        b"",
+    );
+    serde_json::from_slice(&out).unwrap()
+}
