@@ -1,13 +1,11 @@
 //! A hostile or broken server must give a clear error within the timeout, never a panic
 //! and never output.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use nbde_proto::{Curve, Jwk, b64};
 use serde_json::{Value, json};
+use testkit::*;
 
 /// A JWE bound (offline, from a real tangd's adv) to a server at `url`.
 fn jwe_for(url: &str, keys: &std::path::Path) -> String {
@@ -16,7 +14,7 @@ fn jwe_for(url: &str, keys: &std::path::Path) -> String {
     let adv: Value = serde_json::from_slice(&adv).unwrap();
     let config = json!({"url": url, "adv": adv}).to_string();
     String::from_utf8(run_ok(
-        nbde_unlock(),
+        &nbde_unlock(),
         &["encrypt", "tang", &config],
         b"never printed",
     ))
@@ -97,7 +95,7 @@ fn a_server_that_never_answers_times_out() {
     let jwe = jwe_for(&server.url(), keys.path());
     let start = Instant::now();
     let out = run(
-        nbde_unlock(),
+        &nbde_unlock(),
         &["decrypt", "--timeout", "2"],
         jwe.as_bytes(),
     );
@@ -163,7 +161,7 @@ fn hostile_advertisements_are_refused() {
         let server = start_fixed_server(200, "application/jose+json", body);
         let config = json!({"url": server.url()}).to_string();
         let out = run(
-            nbde_unlock(),
+            &nbde_unlock(),
             &["encrypt", "tang", &config, "-y", "--timeout", "5"],
             b"x",
         );

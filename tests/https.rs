@@ -1,17 +1,15 @@
 //! The tang pin over HTTPS: a CA named in the config is trusted (and remembered in the
 //! JWE for decrypt); a wrong CA, a wrong host name, or no CA at all is refused.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::json;
+use testkit::*;
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -136,7 +134,7 @@ fn https_with_the_right_ca_works_and_anything_else_is_refused() {
         json!({"url": url}),
     ] {
         let out = run(
-            nbde_unlock(),
+            &nbde_unlock(),
             &["encrypt", "tang", &config.to_string(), "-y"],
             b"x",
         );
@@ -163,7 +161,7 @@ fn https_to_the_wrong_host_name_is_refused() {
         "cacert": ca_file.to_str().unwrap(),
     });
     let out = run(
-        nbde_unlock(),
+        &nbde_unlock(),
         &["encrypt", "tang", &config.to_string(), "-y"],
         b"x",
     );

@@ -1,19 +1,17 @@
 //! LUKS2 bindings on image files: interchangeable with `clevis luks`, and safe when
 //! anything fails (bad input, dead servers, a kill at any write).
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
 use serde_json::json;
+use testkit::*;
 
 fn ours(args: &[&str]) -> std::process::Output {
-    run(nbde_unlock(), args, b"")
+    run(&nbde_unlock(), args, b"")
 }
 
 fn ours_ok(args: &[&str]) -> String {
-    String::from_utf8(run_ok(nbde_unlock(), args, b"")).unwrap()
+    String::from_utf8(run_ok(&nbde_unlock(), args, b"")).unwrap()
 }
 
 fn clevis_luks(args: &[&str]) -> std::process::Output {
@@ -111,7 +109,7 @@ fn nbde_unlock_bindings_work_with_stock_clevis() {
 
     // A chosen slot, and a key from standard input.
     let out = run(
-        nbde_unlock(),
+        &nbde_unlock(),
         &[
             "bind",
             "-y",
@@ -422,7 +420,7 @@ fn a_kill_at_any_write_of_a_bind_leaves_the_volume_openable() {
                 &format!("trace={calls}"),
                 "-e",
                 &inject,
-                nbde_unlock(),
+                &nbde_unlock(),
                 "bind",
                 "-y",
                 "-d",

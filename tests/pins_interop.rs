@@ -1,10 +1,8 @@
 //! Interoperability of `nbde-unlock encrypt|decrypt` with stock clevis and stock tangd,
 //! in both directions, on every curve, with sss and with rotated keys.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
+use testkit::*;
 
 const CURVES: [&str; 3] = ["P-256", "P-384", "P-521"];
 
@@ -206,7 +204,7 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
     // No -y: the thumbprint (S256 or the older S1) is what makes it trusted.
     for hash in ["S256", "S1"] {
         let config = json!({"url": tang.url(), "thp": thp(hash)}).to_string();
-        let jwe = run_ok(nbde_unlock(), &["encrypt", "tang", &config], b"pinned");
+        let jwe = run_ok(&nbde_unlock(), &["encrypt", "tang", &config], b"pinned");
         assert_eq!(
             clevis_decrypt(&String::from_utf8(jwe).unwrap()).stdout,
             b"pinned"
@@ -214,7 +212,7 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
     }
     let wrong = json!({"url": tang.url(), "thp": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
         .to_string();
-    let out = run(nbde_unlock(), &["encrypt", "tang", &wrong, "-y"], b"x");
+    let out = run(&nbde_unlock(), &["encrypt", "tang", &wrong, "-y"], b"x");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("HTTP 404"),
@@ -229,7 +227,7 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
     let adv_value: Value = serde_json::from_slice(&adv).unwrap();
     for adv_config in [json!(file.to_str().unwrap()), adv_value] {
         let config = json!({"url": url, "adv": adv_config}).to_string();
-        let jwe = run_ok(nbde_unlock(), &["encrypt", "tang", &config], b"offline");
+        let jwe = run_ok(&nbde_unlock(), &["encrypt", "tang", &config], b"offline");
         assert_eq!(
             header_of(&String::from_utf8(jwe).unwrap())["clevis"]["tang"]["url"],
             url
@@ -238,7 +236,7 @@ fn thp_pins_the_signing_key_and_adv_works_offline() {
     // A given adv is checked against thp too.
     let config = json!({"url": url, "adv": file.to_str().unwrap(), "thp": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"});
     let out = run(
-        nbde_unlock(),
+        &nbde_unlock(),
         &["encrypt", "tang", &config.to_string()],
         b"x",
     );
@@ -256,7 +254,7 @@ fn without_thp_or_yes_and_no_terminal_it_refuses() {
         "setsid",
         &[
             "-w",
-            nbde_unlock(),
+            &nbde_unlock(),
             "encrypt",
             "tang",
             &tang_config(&tang.url()),
@@ -271,7 +269,7 @@ fn without_thp_or_yes_and_no_terminal_it_refuses() {
 #[test]
 fn foreign_and_unknown_pins_fail_naming_the_pin() {
     for pin in ["tpm2", "tpm1", "pkcs11", "frobnicate"] {
-        let out = run(nbde_unlock(), &["encrypt", pin, "{}"], b"x");
+        let out = run(&nbde_unlock(), &["encrypt", pin, "{}"], b"x");
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(&format!("pin \"{pin}")),

@@ -1,8 +1,6 @@
 //! Test harness: stock tangd behind a loopback listener (as socat runs it), hostile
 //! servers, and runners for stock clevis and our binary.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -16,8 +14,25 @@ pub const TANGD: &str = "/usr/libexec/tangd";
 pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
 pub const TANGD_ROTATE: &str = "/usr/libexec/tangd-rotate-keys";
 
-pub fn nbde_unlock() -> &'static str {
-    env!("CARGO_BIN_EXE_nbde-unlock")
+/// A binary of this workspace, next to the running test (`target/<profile>/NAME`);
+/// `cargo test --workspace` builds every package's binaries before running any test.
+pub fn bin(name: &str) -> String {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run cargo test --workspace",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+pub fn nbde_unlock() -> String {
+    bin("nbde-unlock")
 }
 
 /// Runs `program args…` with `stdin`, returning its output. Fails the test if it cannot start.
@@ -60,7 +75,7 @@ pub fn clevis_decrypt(jwe: &str) -> Output {
 
 pub fn ours_encrypt(pin: &str, config: &str, plaintext: &[u8]) -> String {
     String::from_utf8(run_ok(
-        nbde_unlock(),
+        &nbde_unlock(),
         &["encrypt", pin, config, "-y"],
         plaintext,
     ))
@@ -69,7 +84,7 @@ pub fn ours_encrypt(pin: &str, config: &str, plaintext: &[u8]) -> String {
 
 pub fn ours_decrypt(jwe: &str) -> Output {
     run(
-        nbde_unlock(),
+        &nbde_unlock(),
         &["decrypt", "--timeout", "5"],
         jwe.as_bytes(),
     )

@@ -1,0 +1,80 @@
+//! One error type for the HTTP layer: each maps to a fixed status and problem type. The
+//! cause is logged; the client sees only the type and a fixed title.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// Malformed request: body, point, JSON.
+    BadRequest(String),
+    Unauthorized,
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    /// The policy refused: `kind` is the problem type (denied, disabled, pending-approval).
+    Refused {
+        kind: &'static str,
+        retry_after: Option<u64>,
+    },
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::BadRequest(m) => write!(f, "bad request: {m}"),
+            ApiError::Unauthorized => write!(f, "unauthorized"),
+            ApiError::Forbidden(m) => write!(f, "forbidden: {m}"),
+            ApiError::NotFound(m) => write!(f, "not found: {m}"),
+            ApiError::Conflict(m) => write!(f, "conflict: {m}"),
+            ApiError::Refused { kind, .. } => write!(f, "refused: {kind}"),
+            ApiError::Internal(m) => write!(f, "internal: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+fn problem(status: StatusCode, kind: &str, detail: Option<&str>) -> Response {
+    let mut body = json!({"type": kind, "title": status.canonical_reason().unwrap_or(""), "status": status.as_u16()});
+    if let Some(detail) = detail {
+        body["detail"] = detail.into();
+    }
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            // Admin API errors say what was wrong: the caller is authenticated.
+            ApiError::BadRequest(m) => problem(StatusCode::BAD_REQUEST, "bad-request", Some(&m)),
+            ApiError::Unauthorized => problem(StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden(m) => problem(StatusCode::FORBIDDEN, "forbidden", Some(&m)),
+            ApiError::NotFound(m) => problem(StatusCode::NOT_FOUND, "not-found", Some(&m)),
+            ApiError::Conflict(m) => problem(StatusCode::CONFLICT, "conflict", Some(&m)),
+            ApiError::Refused { kind, retry_after } => {
+                let mut response = problem(StatusCode::FORBIDDEN, kind, None);
+                if let Some(seconds) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
+                response
+            }
+            ApiError::Internal(m) => {
+                // Never echo internals.
+                tracing::error!(error = %m, "internal error");
+                problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
+        }
+    }
+}

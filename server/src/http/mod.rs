@@ -1,0 +1,112 @@
+//! The HTTP surface: `app(state)` builds one router from the tang, admin and operations areas.
+
+pub mod admin;
+pub mod tang;
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use crate::error::Result;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::net::{self, Cidr};
+use crate::store::Store;
+use crate::store::history::Writer;
+use crate::tang_dir::TangDir;
+
+pub struct AppState {
+    pub store: Store,
+    keys: RwLock<Arc<KeyRing>>,
+    pub history: Writer,
+    pub tang_dir: Option<TangDir>,
+    pub metrics: Metrics,
+    pub trusted_proxies: Vec<Cidr>,
+    /// Base of the unlock URLs handed out, e.g. `https://tang.example`; else the admin
+    /// request's own host.
+    pub public_url: Option<String>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        tang_dir: Option<TangDir>,
+        trusted_proxies: Vec<Cidr>,
+        public_url: Option<String>,
+    ) -> Result<AppState> {
+        let keys = KeyRing::load(&store)?;
+        let history = Writer::start(store.path())?;
+        Ok(AppState {
+            store,
+            keys: RwLock::new(Arc::new(keys)),
+            history,
+            tang_dir,
+            metrics: Metrics::default(),
+            trusted_proxies,
+            public_url,
+        })
+    }
+
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reloads the in-memory keys after an admin change.
+    pub fn reload_keys(&self) -> Result<()> {
+        let fresh = Arc::new(KeyRing::load(&self.store)?);
+        match self.keys.write() {
+            Ok(mut k) => *k = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        net::client_address(peer, headers, &self.trusted_proxies)
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.store.healthy() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    let tang = Router::new()
+        .route("/o/{org}/d/{device}/adv", get(tang::device_adv))
+        .route("/o/{org}/d/{device}/adv/", get(tang::device_adv))
+        .route("/o/{org}/d/{device}/adv/{kid}", get(tang::device_adv_kid))
+        .route("/o/{org}/d/{device}/rec/{kid}", post(tang::device_rec))
+        .route("/adv", get(tang::dir_adv))
+        .route("/adv/", get(tang::dir_adv))
+        .route("/adv/{kid}", get(tang::dir_adv_kid))
+        .route("/rec/{kid}", post(tang::dir_rec))
+        .layer(DefaultBodyLimit::max(tang::MAX_REC_BODY));
+    Router::new()
+        .merge(tang)
+        .nest("/admin/v1", admin::router())
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}

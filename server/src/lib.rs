@@ -1,0 +1,13 @@
+//! nbde-server: Tang's API per device, the policy that decides whether to take part in a
+//! recovery, and the decision history; embedded SQLite.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod net;
+pub mod policy;
+pub mod serve;
+pub mod store;
+pub mod tang_dir;

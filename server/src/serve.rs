@@ -1,0 +1,101 @@
+//! Running the server: bind, optional TLS (rustls, ring provider), graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::http::{AppState, app};
+use crate::store::Store;
+use crate::tang_dir::TangDir;
+
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("TLS certificate and key: {e}"))
+}
+
+pub fn run(config: Config) -> Result<(), String> {
+    config.check_transport()?;
+    let store = Store::open(&config.data()).map_err(|e| e.to_string())?;
+    let tang_dir = config
+        .tang_dir
+        .clone()
+        .map(TangDir::new)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let state = Arc::new(
+            AppState::new(
+                store,
+                tang_dir,
+                config.trusted_proxies.clone(),
+                config.public_url.clone(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let handle = axum_server::Handle::new();
+        let shutdown = handle.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        let announce = handle.clone();
+        let scheme = if config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tokio::spawn(async move {
+            if let Some(addr) = announce.listening().await {
+                // A fixed line scripts and tests read to learn the port.
+                eprintln!("nbde-server: listening on {scheme}://{addr}");
+                tracing::info!(%addr, "listening");
+            }
+        });
+        let listen = config.listen();
+        let served = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = tls_config(cert, key)?;
+                let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+                axum_server::bind_rustls(listen, tls)
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+            _ => {
+                axum_server::bind(listen)
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        };
+        served.map_err(|e| format!("{listen}: {e}"))
+    })
+}
