@@ -12,6 +12,9 @@ pub struct Args {
     /// admin API base URL (default $NBDE_SERVER, else http://127.0.0.1:7500)
     #[argh(option)]
     server: Option<String>,
+    /// CA file to trust for an HTTPS admin API (default $NBDE_CACERT, else the system bundle)
+    #[argh(option)]
+    cacert: Option<PathBuf>,
     #[argh(subcommand)]
     command: Command,
 }
@@ -211,7 +214,7 @@ struct Admin {
 }
 
 impl Admin {
-    fn new(server: Option<String>) -> Result<Admin, String> {
+    fn new(server: Option<String>, cacert: Option<PathBuf>) -> Result<Admin, String> {
         let base = server
             .or_else(|| std::env::var("NBDE_SERVER").ok())
             .unwrap_or_else(|| format!("http://{}", config::DEFAULT_LISTEN));
@@ -222,9 +225,9 @@ impl Admin {
             .unversioned_rustls_crypto_provider(std::sync::Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
-            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(
-                system_roots(),
-            )))
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots(
+                cacert,
+            )?)))
             .build();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -272,16 +275,19 @@ impl Admin {
     }
 }
 
-fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
-    let Ok(pem) = std::fs::read("/etc/ssl/certs/ca-certificates.crt") else {
-        return Vec::new();
+/// The CA file given (flag or $NBDE_CACERT), else the system bundle.
+fn roots(cacert: Option<PathBuf>) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let named = cacert.or_else(|| std::env::var_os("NBDE_CACERT").map(PathBuf::from));
+    let pem = match &named {
+        Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default(),
     };
-    ureq::tls::parse_pem(&pem)
+    Ok(ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 fn split_device(spec: &str) -> Result<(&str, &str), String> {
@@ -355,7 +361,7 @@ pub fn run(args: Args) -> Result<(), String> {
         }
         Command::Init(a) => init(a),
         Command::Org(OrgArgs { command }) => {
-            let admin = Admin::new(args.server)?;
+            let admin = Admin::new(args.server, args.cacert)?;
             match command {
                 OrgCommand::Add(a) => {
                     let v = admin.call("POST", "/orgs", Some(json!({"name": a.name})))?;
@@ -383,7 +389,7 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
         Command::Device(DeviceArgs { command }) => {
-            let admin = Admin::new(args.server)?;
+            let admin = Admin::new(args.server, args.cacert)?;
             let (v, json) = match command {
                 DeviceCommand::Add(a) => {
                     let mut body = json!({"name": a.name});
@@ -432,7 +438,7 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
         Command::History(a) => {
-            let admin = Admin::new(args.server)?;
+            let admin = Admin::new(args.server, args.cacert)?;
             let mut query = format!("/history?limit={}", a.limit);
             if let Some(spec) = &a.device {
                 let (org, device) = split_device(spec)?;

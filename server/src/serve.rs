@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::http::{AppState, app};
+use crate::http::{AppState, Settings, app};
 use crate::store::Store;
 use crate::tang_dir::TangDir;
 
@@ -45,8 +45,11 @@ pub fn run(config: Config) -> Result<(), String> {
             AppState::new(
                 store,
                 tang_dir,
-                config.trusted_proxies.clone(),
-                config.public_url.clone(),
+                Settings {
+                    trusted_proxies: config.trusted_proxies.clone(),
+                    public_url: config.public_url.clone(),
+                    tls: config.tls_cert.is_some(),
+                },
             )
             .map_err(|e| e.to_string())?,
         );

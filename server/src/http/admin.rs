@@ -123,9 +123,10 @@ struct NewDevice {
 }
 
 fn base_url(state: &AppState, parts_host: Option<&str>) -> String {
-    match (&state.public_url, parts_host) {
+    let scheme = if state.settings.tls { "https" } else { "http" };
+    match (&state.settings.public_url, parts_host) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(host)) => format!("http://{host}"),
+        (None, Some(host)) => format!("{scheme}://{host}"),
         (None, None) => String::new(),
     }
 }

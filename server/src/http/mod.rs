@@ -20,25 +20,28 @@ use crate::store::Store;
 use crate::store::history::Writer;
 use crate::tang_dir::TangDir;
 
+/// What the HTTP layer needs from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub trusted_proxies: Vec<Cidr>,
+    /// Base of the unlock URLs handed out, e.g. `https://tang.example`; else the admin
+    /// request's own host.
+    pub public_url: Option<String>,
+    /// Whether we serve HTTPS (for the scheme of the URLs handed out).
+    pub tls: bool,
+}
+
 pub struct AppState {
     pub store: Store,
     keys: RwLock<Arc<KeyRing>>,
     pub history: Writer,
     pub tang_dir: Option<TangDir>,
     pub metrics: Metrics,
-    pub trusted_proxies: Vec<Cidr>,
-    /// Base of the unlock URLs handed out, e.g. `https://tang.example`; else the admin
-    /// request's own host.
-    pub public_url: Option<String>,
+    pub settings: Settings,
 }
 
 impl AppState {
-    pub fn new(
-        store: Store,
-        tang_dir: Option<TangDir>,
-        trusted_proxies: Vec<Cidr>,
-        public_url: Option<String>,
-    ) -> Result<AppState> {
+    pub fn new(store: Store, tang_dir: Option<TangDir>, settings: Settings) -> Result<AppState> {
         let keys = KeyRing::load(&store)?;
         let history = Writer::start(store.path())?;
         Ok(AppState {
@@ -47,8 +50,7 @@ impl AppState {
             history,
             tang_dir,
             metrics: Metrics::default(),
-            trusted_proxies,
-            public_url,
+            settings,
         })
     }
 
@@ -70,7 +72,7 @@ impl AppState {
     }
 
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        net::client_address(peer, headers, &self.trusted_proxies)
+        net::client_address(peer, headers, &self.settings.trusted_proxies)
     }
 }
 
