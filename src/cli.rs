@@ -35,6 +35,46 @@ enum Command {
     Open(OpenArgs),
     Report(ReportArgs),
     Regen(RegenArgs),
+    Boot(BootArgs),
+    Agent(AgentArgs),
+    Passfifo(PassfifoArgs),
+}
+
+#[derive(FromArgs)]
+/// Standalone boot: open every LUKS2 device with a clevis binding, while a passphrase
+/// typed on standard input races the network.
+#[argh(subcommand, name = "boot")]
+struct BootArgs {
+    /// a device to open (default: every block device with a clevis binding)
+    #[argh(option, short = 'd')]
+    device: Vec<PathBuf>,
+    /// do not read a passphrase from standard input
+    #[argh(switch)]
+    no_prompt: bool,
+    /// seconds for each server request (default 10)
+    #[argh(option, default = "10")]
+    timeout: u64,
+}
+
+#[derive(FromArgs)]
+/// systemd password agent: answer systemd-cryptsetup's requests for bound devices.
+#[argh(subcommand, name = "agent")]
+struct AgentArgs {
+    /// seconds for each server request (default 10)
+    #[argh(option, default = "10")]
+    timeout: u64,
+}
+
+#[derive(FromArgs)]
+/// initramfs-tools: feed cryptroot's askpass fifo for the bound crypttab entries.
+#[argh(subcommand, name = "passfifo")]
+struct PassfifoArgs {
+    /// the initramfs crypttab (default /cryptroot/crypttab)
+    #[argh(option, default = "PathBuf::from(\"/cryptroot/crypttab\")")]
+    crypttab: PathBuf,
+    /// seconds for each server request (default 10)
+    #[argh(option, default = "10")]
+    timeout: u64,
 }
 
 #[derive(FromArgs)]
@@ -341,6 +381,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Boot(a) => {
+            nbde_unlock::boot::standalone(a.device, &context(a.timeout, false), !a.no_prompt)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(a) => {
+            nbde_unlock::boot::agent(&context(a.timeout, false))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Passfifo(a) => {
+            nbde_unlock::boot::passfifo(&a.crypttab, &context(a.timeout, false))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Regen(a) => {
             let mut volume = volume(&a.device)?;

@@ -20,6 +20,8 @@ pub enum Error {
         url: String,
         status: u16,
         problem: Option<String>,
+        /// Seconds from a `Retry-After` header, where the server sent one.
+        retry_after: Option<u64>,
     },
     /// The server answered 2xx with something that is not a usable reply.
     Reply { url: String, detail: String },
@@ -63,6 +65,7 @@ impl fmt::Display for Error {
                 url,
                 status,
                 problem,
+                ..
             } => {
                 write!(f, "{url}: server answered HTTP {status}")?;
                 if let Some(problem) = problem {
@@ -89,6 +92,16 @@ impl fmt::Display for Error {
             Error::Luks { step, detail } => write!(f, "LUKS {step}: {detail}"),
             Error::WrongKey => write!(f, "wrong key: no keyslot opens with it"),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl Error {
+    /// This error and, for an sss threshold, every child failure, depth first.
+    pub fn leaves(&self) -> Vec<&Error> {
+        match self {
+            Error::Threshold { failures, .. } => failures.iter().flat_map(Error::leaves).collect(),
+            other => vec![other],
         }
     }
 }

@@ -114,6 +114,11 @@ fn network(url: &str, error: ureq::Error) -> Error {
 
 fn read_reply(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
     let body = response
         .body_mut()
         .with_config()
@@ -130,6 +135,7 @@ fn read_reply(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Resu
             url: url.to_owned(),
             status,
             problem,
+            retry_after,
         });
     }
     body.map_err(|e| Error::Reply {

@@ -160,6 +160,15 @@ impl Volume {
             .map_err(luks_error("activate"))
     }
 
+    /// Activates with a typed passphrase in any keyslot (by priority, as cryptsetup does).
+    pub fn activate_any(&mut self, name: &str, passphrase: &[u8]) -> Result<()> {
+        self.device
+            .activate_handle()
+            .activate_by_passphrase(Some(name), None, passphrase, CryptActivate::empty())
+            .map(|_| ())
+            .map_err(luks_error("activate"))
+    }
+
     /// Adds `new_key` in `slot` (first free if `None`), authorized by `existing_key`, with
     /// cheap PBKDF2 and priority `prefer`.
     pub fn add_bound_keyslot(
