@@ -1,37 +1,65 @@
 #!/usr/bin/env bash
-# The main job. Until the bundled server and the boot integrations land, it shows the
-# part that exists: a tang binding and recovery through nbde-unlock against stock tangd
-# on loopback, checked by stock clevis. It installs what it needs (Debian, as root).
+# The main job, on a fresh Debian 12 machine as root: installs what it needs, builds,
+# starts nbde-server on its embedded default store, enrols a device, binds a LUKS2 root
+# image to it, builds an initramfs, boots it under QEMU, and prints a short timeline.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 
-for p in tang jose clevis socat curl libcryptsetup-dev clang pkg-config; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need=1
-done
-if [ "${need:-0}" = 1 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        tang jose clevis socat curl libcryptsetup-dev clang pkg-config >/dev/null
-fi
-cargo build --release --locked -q
-bin=target/release/nbde-unlock
+t0=$(date +%s.%N)
+stamp() { printf '%8.1f s  %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$1"; }
+
+qemu_install_host_packages
+command -v bc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bc >/dev/null
+(cd "$REPO" && cargo build --release --locked -q)
+kdir=$(qemu_kernel)
+stamp "built nbde-unlock and nbde-server; kernel $(cat "$kdir/version")"
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cleanup() { [ -n "${tang_pid:-}" ] && kill "$tang_pid" 2>/dev/null; rm -rf "$work"; }
+server_pid=
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-t0=$(date +%s%N)
-stamp() { printf '%8.3f s  %s\n' "$(( ($(date +%s%N) - t0) / 1000000 ))e-3" "$1"; }
+server=$REPO/target/release/nbde-server
+unlock=$REPO/target/release/nbde-unlock
+export NBDE_TOKEN
+NBDE_TOKEN=$("$server" init --data "$work/data" 2>/dev/null | tail -n 1)
+"$server" serve --data "$work/data" --listen 127.0.0.1:0 --public-url "http://10.0.2.100" \
+    2> "$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+port=$(sed -n 's#^nbde-server: listening on http://127.0.0.1:##p' "$work/server.log")
+export NBDE_SERVER=http://127.0.0.1:$port
+stamp "nbde-server up on 127.0.0.1:$port (SQLite store in $work/data), seen by the guest as 10.0.2.100"
 
-/usr/libexec/tangd-keygen "$work"
-socat TCP-LISTEN:"$port",bind=127.0.0.1,reuseaddr,fork EXEC:"/usr/libexec/tangd $work" 2>/dev/null &
-tang_pid=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/adv" >/dev/null && break; sleep 0.1; done
-stamp "stock tangd up on 127.0.0.1:$port (P-521 keys)"
-printf 'demo secret' | $bin encrypt tang "{\"url\":\"http://127.0.0.1:$port\"}" -y > "$work/secret.jwe"
-stamp "nbde-unlock encrypt: JWE bound to the server's exchange key"
-plain=$($bin decrypt < "$work/secret.jwe")
-stamp "nbde-unlock decrypt: blinded exchange, recovered '$plain'"
-plain=$(clevis decrypt < "$work/secret.jwe")
-stamp "stock clevis decrypt of the same JWE: '$plain'"
+"$server" org add demo >/dev/null
+device=$("$server" device add --org demo vm1 --json)
+url=$(echo "$device" | sed -n 's/.*"url": "\(.*\)".*/\1/p')
+thp=$(echo "$device" | sed -n 's/.*"thp": "\(.*\)".*/\1/p')
+curl -sf "$NBDE_SERVER/o/demo/d/vm1/adv" > "$work/adv.jws"
+stamp "device demo/vm1 enrolled: $url (thp $thp)"
+
+printf 'demo passphrase' > "$work/passphrase"
+qemu_root_image "$work/root.img" "$work/passphrase"
+"$unlock" bind -d "$work/root.img" -k "$work/passphrase" tang \
+    "{\"url\":\"$url\",\"thp\":\"$thp\",\"adv\":\"$work/adv.jws\"}" 2>/dev/null
+stamp "root image bound: $("$unlock" list -d "$work/root.img")"
+
+qemu_minimal_initrd "$work/initrd.gz" "$kdir"
+stamp "initramfs built ($(du -k "$work/initrd.gz" | cut -f1) KiB)"
+
+boot_start=$(date +%s.%N)
+stamp "booting (QEMU TCG, serial console in $work/serial.log)"
+python3 "$here/boot.py" --kernel "$kdir/vmlinux" --initrd "$work/initrd.gz" --disk "$work/root.img" \
+    --forward "$port" --log "$work/serial.log" --timeout 240 \
+    --expect "kernel started=Linux version" \
+    --expect "nbde-unlock started=NBDE-INIT: starting nbde-unlock" \
+    --expect "keyslot opened through the network=opened through the network" \
+    --expect "root mounted=NBDE-ROOT-MOUNTED" |
+    while read -r at unit label; do
+        printf '%8.1f s  guest: %s\n' "$(echo "$boot_start - $t0 + $at" | bc)" "$label"
+    done
+grep -q "NBDE-ROOT-MOUNTED" "$work/serial.log" || { echo "boot failed; serial log:"; tail -30 "$work/serial.log"; exit 1; }
+echo
+echo "decision history (newest first):"
+"$server" history --device demo/vm1
