@@ -50,19 +50,33 @@ qemu_kernel() {
     echo "$dir"
 }
 
-# qemu_root_image OUT KEYFILE: a LUKS2 root with known content (/etc/nbde-marker and a
-# small init-less tree), passphrase from KEYFILE in keyslot 0 with cheap PBKDF2 settings.
+# Every test root has this LUKS UUID, so one initramfs (whose crypttab names it) boots
+# them all.
+QEMU_ROOT_UUID=6e6b6465-0000-4000-8000-000000000001
+
+# qemu_root_image OUT KEYFILE: a LUKS2 root with known content — /etc/nbde-marker, and a
+# busybox /sbin/init that prints it and powers off, so initramfs images that switch root
+# show they got there — passphrase from KEYFILE in keyslot 0 with cheap PBKDF2 settings.
 # Built on the host without device-mapper: mke2fs -d, then reencrypt in place.
 qemu_root_image() {
     local out=$1 keyfile=$2 tree
     tree=$(mktemp -d)
-    mkdir -p "$tree/etc"
+    mkdir -p "$tree"/{etc,sbin,bin,proc,sys,dev}
     echo "nbde root filesystem $(basename "$out")" > "$tree/etc/nbde-marker"
+    cp /bin/busybox "$tree/bin/busybox"
+    cat > "$tree/sbin/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc 2>/dev/null
+echo "NBDE-ROOT-MOUNTED: $(/bin/busybox cat /etc/nbde-marker)"
+/bin/busybox poweroff -f
+INIT
+    chmod +x "$tree/sbin/init"
     rm -f "$out"
     mke2fs -q -t ext4 -d "$tree" -L root "$out" 64M >/dev/null
     truncate -s +32M "$out"
     cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M --batch-mode \
-        --key-file "$keyfile" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 "$out" >/dev/null
+        --key-file "$keyfile" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --uuid "$QEMU_ROOT_UUID" "$out" >/dev/null
     rm -rf "$tree"
 }
 

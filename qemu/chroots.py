@@ -1,0 +1,138 @@
+"""Real initramfs generators in Debian chroots: dracut (systemd initrd) and initramfs-tools
+(cryptroot). Chroots are made by debootstrap and cached in $NBDE_CACHE, rebuilt when their
+package list changes; our module files and binary are copied in fresh for every image.
+Chroot commands run inside `unshare --mount`, so nothing stays mounted on the host.
+"""
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CACHE = os.environ.get("NBDE_CACHE", "/var/cache/nbde-qemu")
+UUID = "6e6b6465-0000-4000-8000-000000000001"
+
+PACKAGES = {
+    "dracut": ["dracut", "dracut-network", "cryptsetup", "systemd", "systemd-sysv", "iproute2",
+               "dbus", "procps", "netbase", "linux-image-amd64", "libcryptsetup12"],
+    "initramfs-tools": ["linux-image-amd64", "cryptsetup-initramfs", "busybox", "libcryptsetup12"],
+}
+
+
+def mirror():
+    """The Debian mirror apt on this machine uses."""
+    texts = []
+    for root, _, files in os.walk("/etc/apt"):
+        for f in files:
+            if f.endswith((".list", ".sources")):
+                texts.append(open(os.path.join(root, f)).read())
+    for text in texts:
+        m = re.search(r"(?:deb|URIs:)\s+(https?://\S+/debian)/?\s", text + "\n")
+        if m:
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def in_chroot(root, script):
+    """Runs a shell script in the chroot with proc, sys and dev mounted privately."""
+    wrapper = f"""
+set -e
+mount -t proc proc '{root}/proc'
+mount --rbind /sys '{root}/sys'
+mount --rbind /dev '{root}/dev'
+chroot '{root}' /bin/sh -ec "$1"
+"""
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", wrapper, "sh", script],
+                   check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C"))
+
+
+def base():
+    """A bookworm minbase with updates and security, shared by both generators."""
+    path = os.path.join(CACHE, "chroot-base")
+    if os.path.exists(os.path.join(path, ".done")):
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    url = mirror()
+    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", path, url], check=True,
+                   stdout=subprocess.DEVNULL)
+    security = url.replace("/debian", "/debian-security")
+    with open(os.path.join(path, "etc/apt/sources.list"), "w") as f:
+        f.write(f"deb {url} bookworm main\ndeb {url} bookworm-updates main\n"
+                f"deb {security} bookworm-security main\n")
+    with open(os.path.join(path, "usr/sbin/policy-rc.d"), "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod(os.path.join(path, "usr/sbin/policy-rc.d"), 0o755)
+    open(os.path.join(path, ".done"), "w").close()
+    return path
+
+
+def chroot(name):
+    packages = PACKAGES[name]
+    digest = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:12]
+    path = os.path.join(CACHE, f"chroot-{name}-{digest}")
+    if os.path.exists(os.path.join(path, ".done")):
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["cp", "-a", base(), path], check=True)
+    if name == "initramfs-tools":
+        os.makedirs(os.path.join(path, "etc/cryptsetup-initramfs"), exist_ok=True)
+        with open(os.path.join(path, "etc/cryptsetup-initramfs/conf-hook"), "w") as f:
+            f.write("CRYPTSETUP=y\n")
+        with open(os.path.join(path, "etc/crypttab"), "w") as f:
+            f.write(f"cryptroot UUID={UUID} none luks,initramfs\n")
+    in_chroot(path, "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                    + " ".join(packages) + " >/dev/null")
+    open(os.path.join(path, ".done"), "w").close()
+    return path
+
+
+def install_ours(root, name):
+    """Our binary and integration files, fresh for each image."""
+    shutil.copy(os.path.join(REPO, "target/release/nbde-unlock"), os.path.join(root, "usr/bin/nbde-unlock"))
+    if name == "dracut":
+        dest = os.path.join(root, "usr/lib/dracut/modules.d/90nbde-unlock")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(os.path.join(REPO, "dracut/90nbde-unlock"), dest)
+    else:
+        for sub in ["hooks", "scripts/local-top", "scripts/local-bottom"]:
+            src = os.path.join(REPO, "initramfs-tools", sub, "nbde-unlock")
+            dest = os.path.join(root, "etc/initramfs-tools", sub)
+            os.makedirs(dest, exist_ok=True)
+            shutil.copy(src, os.path.join(dest, "nbde-unlock"))
+
+
+class ChrootGenerator:
+    def __init__(self, name, kdir, build):
+        self.name = name
+        self.build = build
+        self.kver = open(os.path.join(kdir, "version")).read().strip()
+        self.path = None
+        if name == "dracut":
+            self.append = (f"root=/dev/mapper/luks-{UUID} rd.luks.uuid={UUID} rd.neednet=1 ip=dhcp "
+                           "rd.luks.options=timeout=0 rw")
+            self.prompt = r"Please enter passphrase for disk"
+        else:
+            self.append = "root=/dev/mapper/cryptroot ip=:::::ens3:dhcp rw"
+            self.prompt = r"Please unlock disk cryptroot"
+
+    def initrd(self):
+        if self.path:
+            return self.path
+        root = chroot(self.name)
+        install_ours(root, self.name)
+        out = f"/boot/initrd.nbde-{self.name}"
+        if self.name == "dracut":
+            in_chroot(root, f"dracut --force --no-hostonly --add nbde-unlock --kver {self.kver} {out} 2>/dev/null")
+        else:
+            in_chroot(root, f"mkinitramfs -o {out} {self.kver} 2>/dev/null")
+        self.path = os.path.join(self.build, f"initrd-{self.name}")
+        shutil.copy(root + out, self.path)
+        return self.path
+
+
+def generator(name, kdir, build):
+    if name not in PACKAGES:
+        raise SystemExit(f"unknown generator {name!r}: minimal, dracut or initramfs-tools")
+    return ChrootGenerator(name, kdir, build)

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Boot scenarios: real kernels, real initramfs images, a LUKS2 root, and nbde-server (or
+stock tangd) on host loopback. Each scenario asserts markers on the serial console and the
+server's decision history, and prints one row of a table.
+
+    qemu/scenarios.py [--generator minimal,dracut,initramfs-tools] [--scenario NAME ...]
+
+Builds what it needs (release binaries, the Debian kernel, chroots for the generators,
+cached in $NBDE_CACHE) first. Run as root on Debian 12.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import boot  # noqa: E402
+
+SERVER = os.path.join(REPO, "target", "release", "nbde-server")
+UNLOCK = os.path.join(REPO, "target", "release", "nbde-unlock")
+PASSPHRASE = "typed at the console"
+
+
+def lib(call):
+    """Runs a qemu/lib.sh function in bash; returns its stdout."""
+    out = subprocess.run(["bash", "-c", f". '{HERE}/lib.sh'; {call}"], check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """nbde-server with its own store; stop() and start() keep the port."""
+
+    def __init__(self, work, port=0):
+        self.data = os.path.join(work, "server-data")
+        out = subprocess.run([SERVER, "init", "--data", self.data], check=True,
+                             capture_output=True, text=True)
+        self.env = dict(os.environ, NBDE_TOKEN=out.stdout.strip().splitlines()[-1])
+        self.port = port or free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [SERVER, "serve", "--data", self.data, "--listen", f"127.0.0.1:{self.port}",
+             "--public-url", boot.guest_url(0)],
+            stderr=subprocess.PIPE, text=True, env=dict(self.env, NBDE_LOG="warn"))
+        line = self.proc.stderr.readline()
+        assert "listening on" in line, line
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+        self.env["NBDE_SERVER"] = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()  # our own child
+            self.proc.wait()
+            self.proc = None
+
+    def admin(self, *args):
+        out = subprocess.run([SERVER, *args], check=True, capture_output=True, text=True, env=self.env)
+        return out.stdout
+
+    def device(self, org, name):
+        self.admin("org", "add", org) if org not in self.admin("org", "list") else None
+        return json.loads(self.admin("device", "add", "--org", org, name, "--json"))
+
+    def history(self, spec):
+        return json.loads(self.admin("history", "--device", spec, "--json"))["history"]
+
+    def adv(self, org, name, path):
+        subprocess.run(["curl", "-sf", "-o", path, f"http://127.0.0.1:{self.port}/o/{org}/d/{name}/adv"],
+                       check=True)
+
+
+class Tangd:
+    """Stock tangd behind socat, as Debian's socket unit runs it."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
+             f"EXEC:/usr/libexec/tangd {keys}"], stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Blackhole:
+    """Accepts connections and never answers: a server that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+
+class Generator:
+    name = ""
+    append = ""
+    prompt = ""
+
+    def initrd(self):
+        raise NotImplementedError
+
+
+class Minimal(Generator):
+    name = "minimal"
+    prompt = r"Passphrase for .* \(or wait for the network\)"
+
+    def __init__(self, kdir, build):
+        self.kdir = kdir
+        self.build = build
+        self.path = None
+
+    def initrd(self):
+        if not self.path:
+            self.path = os.path.join(self.build, "minimal-initrd.gz")
+            lib(f"qemu_minimal_initrd '{self.path}' '{self.kdir}'")
+        return self.path
+
+
+def bind(image, config, work, label):
+    keyfile = os.path.join(work, f"{label}.pass")
+    with open(keyfile, "w") as f:
+        f.write(PASSPHRASE)
+    lib(f"qemu_root_image '{image}' '{keyfile}'")
+    pin, cfg = config
+    subprocess.run([UNLOCK, "bind", "-d", image, "-k", keyfile, pin, json.dumps(cfg)], check=True,
+                   capture_output=True)
+
+
+def device_config(server, work, name):
+    d = server.device("ci", name)
+    adv = os.path.join(work, f"{name}.adv")
+    server.adv("ci", name, adv)
+    return {"url": d["url"], "thp": d["thp"], "adv": adv}
+
+
+def run_boot(gen, kdir, work, image, forwards, label, expects, typing=None, timeout=300):
+    """Boots; `expects` are (label, regex) in order; `typing` is (regex, text) to type once
+    the regex shows. Returns {label: seconds} or raises with the log's tail."""
+    log = os.path.join(work, f"{label}.serial.log")
+    b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, gen.append, forwards, log)
+    deadline = time.monotonic() + timeout
+    seen = {}
+    with b:
+        after = 0
+        for name, pattern in expects:
+            if typing and name == "typed":
+                found = b.wait_for(typing[0], deadline, after)
+                if found:
+                    b.type(typing[1])
+            else:
+                found = b.wait_for(pattern, deadline, after)
+            if not found:
+                tail = open(log, errors="replace").read()[-3000:]
+                raise AssertionError(f"{label}: no '{name}' within {timeout} s\n{tail}")
+            after, seen[name] = found
+    return seen
+
+
+# ---- scenarios: each returns a short result text and raises on failure ----
+
+def allowed(gen, kdir, work):
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "allowed.img")
+        bind(image, ("tang", device_config(server, work, "allowed")), work, "allowed")
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-allowed",
+                     [("nbde", r"nbde-unlock"), ("root", "NBDE-ROOT-MOUNTED")])
+        rows = server.history("ci/allowed")
+        assert rows and rows[0]["decision"] == "allowed", rows
+        return f"root at {t['root']:.1f} s, history: allowed"
+    finally:
+        server.stop()
+
+
+def server_late(gen, kdir, work):
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "late.img")
+        bind(image, ("tang", device_config(server, work, "late")), work, "late")
+        server.stop()
+        timer = threading.Timer(20, server.start)
+        timer.start()
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-late",
+                     [("unreachable", "server unreachable"), ("root", "NBDE-ROOT-MOUNTED")])
+        timer.join()
+        assert server.history("ci/late")[0]["decision"] == "allowed"
+        return f"unreachable at {t['unreachable']:.1f} s, root at {t['root']:.1f} s after a retry"
+    finally:
+        server.stop()
+
+
+def refused_typed(gen, kdir, work):
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "refused.img")
+        bind(image, ("tang", device_config(server, work, "refused")), work, "refused")
+        server.admin("device", "disable", "ci/refused")
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-refused",
+                     [("refused", r"refused by policy \(disabled\)"), ("typed", ""),
+                      ("root", "NBDE-ROOT-MOUNTED")],
+                     typing=(gen.prompt, PASSPHRASE))
+        assert server.history("ci/refused")[0]["decision"] == "disabled"
+        return f"refused at {t['refused']:.1f} s, typed passphrase, root at {t['root']:.1f} s"
+    finally:
+        server.stop()
+
+
+def stock_tangd(gen, kdir, work):
+    keys = os.path.join(work, "tang-keys")
+    os.makedirs(keys, exist_ok=True)
+    subprocess.run(["/usr/libexec/tangd-keygen", keys], check=True)
+    tangd = Tangd(keys)
+    try:
+        adv = os.path.join(work, "tangd.adv")
+        subprocess.run(["curl", "-sf", "-o", adv, f"http://127.0.0.1:{tangd.port}/adv"], check=True)
+        image = os.path.join(work, "tangd.img")
+        bind(image, ("tang", {"url": boot.guest_url(0), "adv": adv}), work, "tangd")
+        t = run_boot(gen, kdir, work, image, [tangd.port], f"{gen.name}-tangd",
+                     [("root", "NBDE-ROOT-MOUNTED")])
+        return f"root at {t['root']:.1f} s through stock tangd"
+    finally:
+        tangd.stop()
+
+
+def sss_one_dead(gen, kdir, work):
+    server = Server(work).start()
+    hole = Blackhole()
+    try:
+        live = device_config(server, work, "sss")
+        dead = dict(live, url=boot.guest_url(1) + "/o/ci/d/sss")
+        image = os.path.join(work, "sss.img")
+        bind(image, ("sss", {"t": 1, "pins": {"tang": [dead, live]}}), work, "sss")
+        t = run_boot(gen, kdir, work, image, [server.port, hole.port], f"{gen.name}-sss",
+                     [("nbde", "nbde-unlock"), ("root", "NBDE-ROOT-MOUNTED")])
+        # The dead server hangs; its 10 s request timeout never ran out before the unlock.
+        waited = t["root"] - t["nbde"]
+        assert waited < 10, f"waited {waited:.1f} s for the dead server"
+        return f"root {waited:.1f} s after nbde-unlock started; the hanging server was not waited for"
+    finally:
+        server.stop()
+
+
+SCENARIOS = {
+    "allowed": allowed,
+    "server-late": server_late,
+    "refused-typed": refused_typed,
+    "stock-tangd": stock_tangd,
+    "sss-one-dead": sss_one_dead,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generator", default="minimal")
+    ap.add_argument("--scenario", action="append", default=[])
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=REPO, check=True)
+    kdir = lib("qemu_kernel")
+    build = tempfile.mkdtemp(prefix="nbde-build-")
+    generators = []
+    for name in args.generator.split(","):
+        if name == "minimal":
+            generators.append(Minimal(kdir, build))
+        else:
+            import chroots
+            generators.append(chroots.generator(name, kdir, build))
+    failed = 0
+    rows = []
+    for gen in generators:
+        for name in args.scenario or list(SCENARIOS):
+            work = tempfile.mkdtemp(prefix=f"nbde-{gen.name}-{name}-")
+            start = time.monotonic()
+            try:
+                result = SCENARIOS[name](gen, kdir, work)
+                rows.append((gen.name, name, "pass", result, time.monotonic() - start))
+                shutil.rmtree(work, ignore_errors=True)
+            except Exception as e:  # report every scenario, then fail
+                failed += 1
+                rows.append((gen.name, name, "FAIL", str(e).splitlines()[0], time.monotonic() - start))
+                print(str(e), file=sys.stderr)
+            print(f"{rows[-1][0]:16} {rows[-1][1]:14} {rows[-1][2]}  {rows[-1][3]}  ({rows[-1][4]:.0f} s)",
+                  flush=True)
+    shutil.rmtree(build, ignore_errors=True)
+    print(f"{len(rows) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
