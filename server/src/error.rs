@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ApiError {
     /// Malformed request: body, point, JSON.
     BadRequest(String),

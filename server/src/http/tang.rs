@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::policy::{self, Decision, Facts};
+use crate::policy::{self, Effect, Outcome as PolicyOutcome};
 use crate::store::history::Entry;
 
 /// Largest `/rec` body, as tangd caps its request buffer.
@@ -179,6 +179,20 @@ async fn finish(
     }
 }
 
+fn respond(outcome: Outcome) -> Response {
+    match outcome.response {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk+json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub async fn device_rec(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -188,7 +202,7 @@ pub async fn device_rec(
 ) -> Response {
     let started = Instant::now();
     let peer = state.client_address(peer.ip(), &headers);
-    let entry = Entry {
+    let mut entry = Entry {
         org: Some(org.clone()),
         device: Some(device.clone()),
         peer: peer.to_string(),
@@ -197,36 +211,124 @@ pub async fn device_rec(
         reason: String::new(),
     };
     let ring = state.key_ring();
-    let outcome = match ring.device(&org, &device) {
-        None => Outcome::refuse(
-            "not-found",
-            "no such device",
-            ApiError::NotFound("device".into()),
-        ),
-        Some(d) if d.exchange.is_empty() => Outcome::refuse(
-            "not-found",
-            "device retired",
-            ApiError::NotFound("device".into()),
-        ),
+    let key = match ring.device(&org, &device) {
+        None => {
+            let outcome = Outcome::refuse(
+                "not-found",
+                "no such device",
+                ApiError::NotFound("device".into()),
+            );
+            return finish(&state, started, entry, outcome).await;
+        }
+        Some(d) if d.exchange.is_empty() => {
+            let outcome = Outcome::refuse(
+                "not-found",
+                "device retired",
+                ApiError::NotFound("device".into()),
+            );
+            return finish(&state, started, entry, outcome).await;
+        }
         Some(d) => match d.exchange_key(&kid) {
-            None => Outcome::refuse("not-found", "unknown kid", ApiError::NotFound("kid".into())),
-            Some(key) => match policy::decide(&d, &Facts { peer }) {
-                Decision::Allow { reason } => {
-                    let mut outcome = exchange_reply(key, &body);
-                    if outcome.response.is_ok() {
-                        outcome.reason = reason;
-                    }
-                    outcome
-                }
-                Decision::Refuse {
-                    kind,
-                    reason,
-                    retry_after,
-                } => Outcome::refuse(kind, reason, ApiError::Refused { kind, retry_after }),
-            },
+            Some(key) => key.clone(),
+            None => {
+                let outcome =
+                    Outcome::refuse("not-found", "unknown kid", ApiError::NotFound("kid".into()));
+                return finish(&state, started, entry, outcome).await;
+            }
         },
     };
-    finish(&state, started, entry, outcome).await
+    // The exchange is computed first: a malformed body must not use up an allow-once or
+    // an approval.
+    let exchanged = exchange_reply(&key, &body);
+    if exchanged.response.is_err() {
+        return finish(&state, started, entry, exchanged).await;
+    }
+    for _ in 0..3 {
+        let (org, device) = (org.clone(), device.clone());
+        let task = state.clone();
+        let snapshot =
+            tokio::task::spawn_blocking(move || task.store.snapshot(&org, &device)).await;
+        let (device_id, snapshot) = match snapshot {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => {
+                let outcome = Outcome::refuse(
+                    "not-found",
+                    "no such device",
+                    ApiError::NotFound("device".into()),
+                );
+                return finish(&state, started, entry, outcome).await;
+            }
+            Ok(Err(e)) => {
+                return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
+            }
+            Err(e) => {
+                let error = ApiError::Internal(format!("policy task: {e}"));
+                return finish(
+                    &state,
+                    started,
+                    entry,
+                    Outcome::refuse("error", "store", error),
+                )
+                .await;
+            }
+        };
+        let decision = policy::decide(&snapshot, peer);
+        let outcome = match decision.outcome {
+            PolicyOutcome::Allow => Outcome {
+                decision: "allowed",
+                reason: decision.reason.clone(),
+                response: exchanged.response.clone(),
+            },
+            PolicyOutcome::Refuse { kind, retry_after } => Outcome::refuse(
+                kind,
+                decision.reason.clone(),
+                ApiError::Refused { kind, retry_after },
+            ),
+        };
+        if decision.effect == Effect::None {
+            return finish(&state, started, entry, outcome).await;
+        }
+        // The effect and the history row commit together, or not at all.
+        entry.decision = outcome.decision;
+        entry.reason = outcome.reason.clone();
+        let task = state.clone();
+        let row = entry.clone();
+        let effect = decision.effect.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || task.store.apply(device_id, &effect, &row)).await;
+        match applied {
+            Ok(Ok(true)) => {
+                state.metrics.observe(outcome.decision, started.elapsed());
+                return respond(outcome);
+            }
+            // Another request won the race: decide again on fresh state.
+            Ok(Ok(false)) => continue,
+            Ok(Err(e)) => {
+                return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
+            }
+            Err(e) => {
+                let error = ApiError::Internal(format!("policy task: {e}"));
+                return finish(
+                    &state,
+                    started,
+                    entry,
+                    Outcome::refuse("error", "store", error),
+                )
+                .await;
+            }
+        }
+    }
+    let busy = ApiError::Refused {
+        kind: "denied",
+        retry_after: Some(1),
+    };
+    finish(
+        &state,
+        started,
+        entry,
+        Outcome::refuse("denied", "policy state kept changing", busy),
+    )
+    .await
 }
 
 pub async fn dir_rec(

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode. This module owns all SQL.
 
 pub mod history;
+pub mod policy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -9,7 +10,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{ApiError, Result};
 
-const MIGRATIONS: [&str; 1] = [include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_policy.sql"),
+];
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -56,7 +60,7 @@ impl DeviceState {
         }
     }
 
-    fn parse(s: &str) -> DeviceState {
+    pub fn parse(s: &str) -> DeviceState {
         match s {
             "active" => DeviceState::Active,
             "disabled" => DeviceState::Disabled,
@@ -123,7 +127,10 @@ impl Store {
         &self.path
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let mut conn = self
             .conn
             .lock()
@@ -399,7 +406,7 @@ fn retired(org: &str, name: &str) -> ApiError {
     ApiError::Conflict(format!("device {org}/{name} is retired"))
 }
 
-fn conflict_or(e: ApiError, message: String) -> ApiError {
+pub(crate) fn conflict_or(e: ApiError, message: String) -> ApiError {
     match &e {
         ApiError::Internal(text) if text.contains("UNIQUE constraint failed") => {
             ApiError::Conflict(message)
