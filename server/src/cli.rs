@@ -27,6 +27,338 @@ enum Command {
     Org(OrgArgs),
     Device(DeviceArgs),
     History(HistoryArgs),
+    Allow(AllowArgs),
+    Netlist(NetlistArgs),
+    AllowOnce(AllowOnceArgs),
+    Group(GroupArgs),
+    Requests(RequestsArgs),
+    Approve(Approve),
+    Deny(Deny),
+    Defer(Defer),
+    Account(AccountArgs),
+    Token(TokenArgs),
+    Audit(AuditArgs),
+}
+
+#[derive(FromArgs)]
+/// A device's own source allowlist (addresses and CIDRs, IPv4 and IPv6).
+#[argh(subcommand, name = "allow")]
+struct AllowArgs {
+    #[argh(subcommand)]
+    command: AllowCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum AllowCommand {
+    Add(AllowAdd),
+    Rm(AllowRm),
+}
+
+#[derive(FromArgs)]
+/// Allow recoveries from these sources.
+#[argh(subcommand, name = "add")]
+struct AllowAdd {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    device: String,
+    /// addresses or CIDRs
+    #[argh(positional)]
+    cidrs: Vec<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Remove sources from the allowlist.
+#[argh(subcommand, name = "rm")]
+struct AllowRm {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    device: String,
+    /// addresses or CIDRs
+    #[argh(positional)]
+    cidrs: Vec<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Shared network-access lists of an organisation.
+#[argh(subcommand, name = "netlist")]
+struct NetlistArgs {
+    #[argh(subcommand)]
+    command: NetlistCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum NetlistCommand {
+    Add(NetlistAdd),
+    Rm(NetlistRm),
+    Attach(NetlistAttach),
+    Detach(NetlistDetach),
+    List(NetlistList),
+}
+
+#[derive(FromArgs)]
+/// Create a list or add entries to it.
+#[argh(subcommand, name = "add")]
+struct NetlistAdd {
+    #[argh(positional)]
+    org: String,
+    #[argh(positional)]
+    name: String,
+    /// addresses or CIDRs
+    #[argh(positional)]
+    cidrs: Vec<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Remove a list (and detach it everywhere).
+#[argh(subcommand, name = "rm")]
+struct NetlistRm {
+    #[argh(positional)]
+    org: String,
+    #[argh(positional)]
+    name: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Attach a list to a device.
+#[argh(subcommand, name = "attach")]
+struct NetlistAttach {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    device: String,
+    #[argh(positional)]
+    name: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Detach a list from a device.
+#[argh(subcommand, name = "detach")]
+struct NetlistDetach {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    device: String,
+    #[argh(positional)]
+    name: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Show an organisation's lists.
+#[argh(subcommand, name = "list")]
+struct NetlistList {
+    #[argh(positional)]
+    org: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Allow the next qualifying unlock of a device once (also when disabled; skips approval).
+#[argh(subcommand, name = "allow-once")]
+struct AllowOnceArgs {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    device: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Approval groups: devices matching all of a group's tags need a human decision.
+#[argh(subcommand, name = "group")]
+struct GroupArgs {
+    #[argh(subcommand)]
+    command: GroupCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum GroupCommand {
+    Add(GroupAdd),
+    Rm(GroupRm),
+    List(GroupList),
+}
+
+#[derive(FromArgs)]
+/// Add a group.
+#[argh(subcommand, name = "add")]
+struct GroupAdd {
+    #[argh(positional)]
+    org: String,
+    #[argh(positional)]
+    name: String,
+    /// a required tag KEY=VALUE (repeat)
+    #[argh(option)]
+    tag: Vec<String>,
+    /// an approver account (repeat)
+    #[argh(option)]
+    approver: Vec<String>,
+    /// seconds an approval stays valid (default 900)
+    #[argh(option)]
+    window: Option<i64>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Remove a group.
+#[argh(subcommand, name = "rm")]
+struct GroupRm {
+    #[argh(positional)]
+    org: String,
+    #[argh(positional)]
+    name: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Show an organisation's groups.
+#[argh(subcommand, name = "list")]
+struct GroupList {
+    #[argh(positional)]
+    org: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Manual unlock requests (pending ones unless --all).
+#[argh(subcommand, name = "requests")]
+struct RequestsArgs {
+    /// only this organisation
+    #[argh(option)]
+    org: Option<String>,
+    /// include decided requests
+    #[argh(switch)]
+    all: bool,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+macro_rules! decision_verb {
+    ($type:ident, $name:literal, $doc:literal) => {
+        #[derive(FromArgs)]
+        #[doc = $doc]
+        #[argh(subcommand, name = $name)]
+        struct $type {
+            /// the request id
+            #[argh(positional)]
+            id: i64,
+            /// print JSON
+            #[argh(switch)]
+            json: bool,
+        }
+    };
+}
+
+decision_verb!(
+    Approve,
+    "approve",
+    "Approve a request: one unlock within the group's window."
+);
+decision_verb!(Deny, "deny", "Deny a request; the device stays refused.");
+decision_verb!(Defer, "defer", "Look at a request later; it stays pending.");
+
+#[derive(FromArgs)]
+/// Accounts.
+#[argh(subcommand, name = "account")]
+struct AccountArgs {
+    #[argh(subcommand)]
+    command: AccountCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum AccountCommand {
+    Add(AccountAdd),
+}
+
+#[derive(FromArgs)]
+/// Add an account with a role in an organisation; prints its first token as the last line.
+#[argh(subcommand, name = "add")]
+struct AccountAdd {
+    #[argh(positional)]
+    org: String,
+    #[argh(positional)]
+    name: String,
+    /// owner, approver or viewer
+    #[argh(option)]
+    role: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Your bearer tokens.
+#[argh(subcommand, name = "token")]
+struct TokenArgs {
+    #[argh(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum TokenCommand {
+    Add(TokenAdd),
+    Revoke(TokenRevoke),
+}
+
+#[derive(FromArgs)]
+/// A new token for your account; printed as the last line.
+#[argh(subcommand, name = "add")]
+struct TokenAdd {
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Revoke a token by id.
+#[argh(subcommand, name = "revoke")]
+struct TokenRevoke {
+    #[argh(positional)]
+    id: i64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// The audit trail of admin changes, newest first.
+#[argh(subcommand, name = "audit")]
+struct AuditArgs {
+    /// only this organisation
+    #[argh(option)]
+    org: Option<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
 }
 
 #[derive(FromArgs)]
@@ -84,6 +416,24 @@ struct OrgArgs {
 enum OrgCommand {
     Add(OrgAdd),
     List(OrgList),
+    Set(OrgSet),
+}
+
+#[derive(FromArgs)]
+/// Organisation settings: whether devices without a source allowlist refuse.
+#[argh(subcommand, name = "set")]
+struct OrgSet {
+    #[argh(positional)]
+    org: String,
+    /// devices with no allowlist or network-access list refuse
+    #[argh(switch)]
+    require_source: bool,
+    /// devices with no allowlist accept any source (the default)
+    #[argh(switch)]
+    any_source: bool,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
 }
 
 #[derive(FromArgs)]
@@ -123,6 +473,22 @@ enum DeviceCommand {
     Enable(DeviceEnable),
     Rotate(DeviceRotate),
     Retire(DeviceRetire),
+    Tag(DeviceTag),
+}
+
+#[derive(FromArgs)]
+/// Set tags on a device (KEY=VALUE…); approval groups match them.
+#[argh(subcommand, name = "tag")]
+struct DeviceTag {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    device: String,
+    /// KEY=VALUE
+    #[argh(positional)]
+    tags: Vec<String>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
 }
 
 #[derive(FromArgs)]
@@ -304,14 +670,7 @@ fn print_json(value: &Value) {
 }
 
 fn print_device(d: &Value) {
-    println!(
-        "{}/{}\t{}\t{}\tthp={}",
-        d["org"].as_str().unwrap_or(""),
-        d["name"].as_str().unwrap_or(""),
-        d["state"].as_str().unwrap_or(""),
-        d["url"].as_str().unwrap_or(""),
-        d["thp"].as_str().unwrap_or(""),
-    );
+    println!("{}", device_line(d));
 }
 
 fn init(args: InitArgs) -> Result<(), String> {
@@ -375,6 +734,23 @@ pub fn run(args: Args) -> Result<(), String> {
                         );
                     }
                 }
+                OrgCommand::Set(a) => {
+                    if a.require_source == a.any_source {
+                        return Err("give one of --require-source and --any-source".into());
+                    }
+                    let v = admin.call(
+                        "POST",
+                        &format!("/orgs/{}/settings", a.org),
+                        Some(json!({"require_source": a.require_source})),
+                    )?;
+                    output(&v, a.json, |v| {
+                        format!(
+                            "{}\trequire_source={}",
+                            v["name"].as_str().unwrap_or(""),
+                            v["require_source"]
+                        )
+                    });
+                }
                 OrgCommand::List(a) => {
                     let v = admin.call("GET", "/orgs", None)?;
                     if a.json {
@@ -429,12 +805,259 @@ pub fn run(args: Args) -> Result<(), String> {
                 DeviceCommand::Enable(a) => (device_action(&admin, "enable", &a.device)?, a.json),
                 DeviceCommand::Rotate(a) => (device_action(&admin, "rotate", &a.device)?, a.json),
                 DeviceCommand::Retire(a) => (device_action(&admin, "retire", &a.device)?, a.json),
+                DeviceCommand::Tag(a) => {
+                    let (org, device) = split_device(&a.device)?;
+                    let mut tags = serde_json::Map::new();
+                    for t in &a.tags {
+                        let (k, v) = t
+                            .split_once('=')
+                            .ok_or_else(|| format!("{t:?}: expected KEY=VALUE"))?;
+                        tags.insert(k.into(), v.into());
+                    }
+                    (
+                        admin.call(
+                            "POST",
+                            &format!("/orgs/{org}/devices/{device}/tags"),
+                            Some(json!({"tags": tags})),
+                        )?,
+                        a.json,
+                    )
+                }
             };
             if json {
                 print_json(&v);
             } else {
                 print_device(&v);
             }
+            Ok(())
+        }
+        Command::Allow(AllowArgs { command }) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            let (spec, body, json) = match command {
+                AllowCommand::Add(a) => (a.device, json!({"add": a.cidrs}), a.json),
+                AllowCommand::Rm(a) => (a.device, json!({"rm": a.cidrs}), a.json),
+            };
+            let (org, device) = split_device(&spec)?;
+            let v = admin.call(
+                "POST",
+                &format!("/orgs/{org}/devices/{device}/sources"),
+                Some(body),
+            )?;
+            output(&v, json, device_line);
+            Ok(())
+        }
+        Command::Netlist(NetlistArgs { command }) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            match command {
+                NetlistCommand::Add(a) => {
+                    let v = admin.call(
+                        "POST",
+                        &format!("/orgs/{}/netlists", a.org),
+                        Some(json!({"name": a.name, "cidrs": a.cidrs})),
+                    )?;
+                    output(&v, a.json, |v| {
+                        format!("netlist {}", v["name"].as_str().unwrap_or(""))
+                    });
+                }
+                NetlistCommand::Rm(a) => {
+                    let v = admin.call(
+                        "POST",
+                        &format!("/orgs/{}/netlists/{}/rm", a.org, a.name),
+                        None,
+                    )?;
+                    output(&v, a.json, |v| {
+                        format!("removed {}", v["removed"].as_str().unwrap_or(""))
+                    });
+                }
+                NetlistCommand::Attach(a) => {
+                    netlist_attach(&admin, &a.device, &a.name, "attach", a.json)?
+                }
+                NetlistCommand::Detach(a) => {
+                    netlist_attach(&admin, &a.device, &a.name, "detach", a.json)?
+                }
+                NetlistCommand::List(a) => {
+                    let v = admin.call("GET", &format!("/orgs/{}/netlists", a.org), None)?;
+                    output(&v, a.json, |v| {
+                        v["netlists"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|l| {
+                                format!("{}\t{}", l["name"].as_str().unwrap_or(""), l["cidrs"])
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+            }
+            Ok(())
+        }
+        Command::AllowOnce(a) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            let v = device_action(&admin, "allow-once", &a.device)?;
+            output(&v, a.json, |v| {
+                format!(
+                    "allow-once #{} for {}/{}",
+                    v["allow_once"],
+                    v["org"].as_str().unwrap_or(""),
+                    v["name"].as_str().unwrap_or("")
+                )
+            });
+            Ok(())
+        }
+        Command::Group(GroupArgs { command }) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            match command {
+                GroupCommand::Add(a) => {
+                    let mut tags = serde_json::Map::new();
+                    for t in &a.tag {
+                        let (k, v) = t
+                            .split_once('=')
+                            .ok_or_else(|| format!("{t:?}: expected KEY=VALUE"))?;
+                        tags.insert(k.into(), v.into());
+                    }
+                    let mut body = json!({"name": a.name, "tags": tags, "approvers": a.approver});
+                    if let Some(w) = a.window {
+                        body["window_seconds"] = w.into();
+                    }
+                    let v = admin.call("POST", &format!("/orgs/{}/groups", a.org), Some(body))?;
+                    output(&v, a.json, |v| {
+                        format!(
+                            "group {} (approval valid {} s)",
+                            v["name"].as_str().unwrap_or(""),
+                            v["window_seconds"]
+                        )
+                    });
+                }
+                GroupCommand::Rm(a) => {
+                    let v = admin.call(
+                        "POST",
+                        &format!("/orgs/{}/groups/{}/rm", a.org, a.name),
+                        None,
+                    )?;
+                    output(&v, a.json, |v| {
+                        format!("removed {}", v["removed"].as_str().unwrap_or(""))
+                    });
+                }
+                GroupCommand::List(a) => {
+                    let v = admin.call("GET", &format!("/orgs/{}/groups", a.org), None)?;
+                    output(&v, a.json, |v| {
+                        v["groups"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|g| {
+                                format!(
+                                    "{}\ttags={}\tapprovers={}",
+                                    g["name"].as_str().unwrap_or(""),
+                                    g["tags"],
+                                    g["approvers"]
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+            }
+            Ok(())
+        }
+        Command::Requests(a) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            let mut query = String::from("/requests?");
+            if let Some(org) = &a.org {
+                query.push_str(&format!("org={org}&"));
+            }
+            if a.all {
+                query.push_str("all=true");
+            }
+            let v = admin.call("GET", &query, None)?;
+            output(&v, a.json, |v| {
+                v["requests"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        format!(
+                            "{}\t{}/{}\t{}\t{}",
+                            r["id"],
+                            r["org"].as_str().unwrap_or(""),
+                            r["device"].as_str().unwrap_or(""),
+                            r["peer"].as_str().unwrap_or(""),
+                            r["state"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(())
+        }
+        Command::Approve(a) => decide(args.server, args.cacert, a.id, "approve", a.json),
+        Command::Deny(a) => decide(args.server, args.cacert, a.id, "deny", a.json),
+        Command::Defer(a) => decide(args.server, args.cacert, a.id, "defer", a.json),
+        Command::Account(AccountArgs {
+            command: AccountCommand::Add(a),
+        }) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            let v = admin.call(
+                "POST",
+                &format!("/orgs/{}/accounts", a.org),
+                Some(json!({"name": a.name, "role": a.role})),
+            )?;
+            output(&v, a.json, |v| {
+                format!(
+                    "account {} is {} of {}; token (shown once):\n{}",
+                    v["account"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or(""),
+                    v["org"].as_str().unwrap_or(""),
+                    v["token"].as_str().unwrap_or("")
+                )
+            });
+            Ok(())
+        }
+        Command::Token(TokenArgs { command }) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            match command {
+                TokenCommand::Add(a) => {
+                    let v = admin.call("POST", "/tokens", None)?;
+                    output(&v, a.json, |v| {
+                        format!(
+                            "token {} (shown once):\n{}",
+                            v["token_id"],
+                            v["token"].as_str().unwrap_or("")
+                        )
+                    });
+                }
+                TokenCommand::Revoke(a) => {
+                    let v = admin.call("POST", &format!("/tokens/{}/revoke", a.id), None)?;
+                    output(&v, a.json, |v| format!("revoked token {}", v["revoked"]));
+                }
+            }
+            Ok(())
+        }
+        Command::Audit(a) => {
+            let admin = Admin::new(args.server, args.cacert)?;
+            let query = match &a.org {
+                Some(org) => format!("/audit?org={org}"),
+                None => "/audit".into(),
+            };
+            let v = admin.call("GET", &query, None)?;
+            output(&v, a.json, |v| {
+                v["audit"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        format!(
+                            "{}\t{}\t{}\t{}",
+                            r["at"],
+                            r["account"].as_str().unwrap_or(""),
+                            r["action"].as_str().unwrap_or(""),
+                            r["target"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
             Ok(())
         }
         Command::History(a) => {
@@ -463,6 +1086,66 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Prints `value` as JSON, or the text `describe` makes of it.
+fn output(value: &Value, json: bool, describe: impl Fn(&Value) -> String) {
+    if json {
+        print_json(value);
+    } else {
+        let text = describe(value);
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+fn device_line(d: &Value) -> String {
+    format!(
+        "{}/{}\t{}\t{}\tthp={}\tsource: {}",
+        d["org"].as_str().unwrap_or(""),
+        d["name"].as_str().unwrap_or(""),
+        d["state"].as_str().unwrap_or(""),
+        d["url"].as_str().unwrap_or(""),
+        d["thp"].as_str().unwrap_or(""),
+        d["source"].as_str().unwrap_or(""),
+    )
+}
+
+fn netlist_attach(
+    admin: &Admin,
+    spec: &str,
+    name: &str,
+    action: &str,
+    json: bool,
+) -> Result<(), String> {
+    let (org, device) = split_device(spec)?;
+    let v = admin.call(
+        "POST",
+        &format!("/orgs/{org}/devices/{device}/netlists/{name}/{action}"),
+        None,
+    )?;
+    output(&v, json, device_line);
+    Ok(())
+}
+
+fn decide(
+    server: Option<String>,
+    cacert: Option<PathBuf>,
+    id: i64,
+    action: &str,
+    json: bool,
+) -> Result<(), String> {
+    let admin = Admin::new(server, cacert)?;
+    let v = admin.call("POST", &format!("/requests/{id}/{action}"), None)?;
+    output(&v, json, |v| {
+        format!(
+            "request {}: {}",
+            v["id"],
+            v["action"].as_str().unwrap_or("")
+        )
+    });
+    Ok(())
 }
 
 fn device_action(admin: &Admin, action: &str, spec: &str) -> Result<Value, String> {
