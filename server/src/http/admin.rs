@@ -712,7 +712,7 @@ async fn history(
             for org in list {
                 rows.extend(state.store.history(Some(org), q.device.as_deref(), limit)?);
             }
-            rows.sort_by(|a, b| b.at.cmp(&a.at));
+            rows.sort_by_key(|r| std::cmp::Reverse(r.at));
             rows.truncate(limit as usize);
             rows
         }

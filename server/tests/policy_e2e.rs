@@ -1,0 +1,313 @@
+//! The unlock policy end to end: stock clevis against devices behind approval, allow-once
+//! races, sources and forwarding headers, all through a real nbde-server process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
+use nbde_proto::{Curve, Jwk};
+use serde_json::{Value, json};
+use testkit::*;
+
+fn config(url: &str, thp: &str) -> String {
+    json!({"url": url, "thp": thp}).to_string()
+}
+
+fn bind(url: &str, thp: &str, secret: &[u8]) -> String {
+    String::from_utf8(run_ok(
+        "clevis",
+        &["encrypt", "tang", &config(url, thp)],
+        secret,
+    ))
+    .unwrap()
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+fn pending(server: &NbdeServer) -> Vec<Value> {
+    json_of(&server.admin_ok(&["requests", "--json"]))["requests"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn approval_gates_stock_clevis_and_each_decision_behaves() {
+    let server = NbdeServer::start(&[]);
+    let (url, thp) = server.add_device("acme", "db1", None);
+    let jwe = bind(&url, &thp, b"approved secret");
+    let token = server.admin_ok(&["account", "add", "acme", "alice", "--role", "approver"]);
+    let alice = token.lines().last().unwrap().to_owned();
+    server.admin_ok(&["device", "tag", "acme/db1", "tier=db"]);
+    server.admin_ok(&[
+        "group",
+        "add",
+        "acme",
+        "dbas",
+        "--tag",
+        "tier=db",
+        "--approver",
+        "alice",
+        "--window",
+        "2",
+    ]);
+
+    // Pending: refused, one request however often the device polls.
+    for _ in 0..3 {
+        let out = ours_decrypt(&jwe);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("pending-approval"));
+        assert!(!clevis_decrypt(&jwe).status.success());
+    }
+    let requests = pending(&server);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let id = requests[0]["id"].to_string();
+
+    // Defer keeps it pending.
+    let as_alice = |args: &[&str]| {
+        let mut full = vec!["--server", server.url.as_str()];
+        full.extend_from_slice(args);
+        std::process::Command::new(bin("nbde-server"))
+            .args(&full)
+            .env("NBDE_TOKEN", &alice)
+            .output()
+            .unwrap()
+    };
+    assert!(as_alice(&["defer", &id]).status.success());
+    assert!(!clevis_decrypt(&jwe).status.success());
+    assert_eq!(pending(&server).len(), 1);
+
+    // Approve: exactly one unlock, then a new request is needed.
+    assert!(as_alice(&["approve", &id]).status.success());
+    assert_eq!(clevis_decrypt(&jwe).stdout, b"approved secret");
+    assert!(
+        !clevis_decrypt(&jwe).status.success(),
+        "an approval is good for one unlock"
+    );
+    let next = pending(&server);
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0]["id"].to_string(), id);
+
+    // The window: an approval not used within it lapses.
+    let id2 = next[0]["id"].to_string();
+    assert!(as_alice(&["approve", &id2]).status.success());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = ours_decrypt(&jwe);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pending-approval"),
+        "expired approval"
+    );
+
+    // Deny sticks.
+    let id3 = pending(&server)[0]["id"].to_string();
+    assert!(as_alice(&["deny", &id3]).status.success());
+    for _ in 0..2 {
+        let out = ours_decrypt(&jwe);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 403 (denied)"));
+    }
+    assert!(
+        pending(&server).is_empty(),
+        "a denial does not spawn new requests"
+    );
+
+    // Every step is in the history, with its reason.
+    let history = server.history(Some("acme/db1"));
+    let decisions: Vec<&str> = history
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert!(
+        decisions.contains(&"allowed")
+            && decisions.contains(&"pending-approval")
+            && decisions.contains(&"denied")
+    );
+    assert!(
+        history
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("approved"))
+    );
+    // A viewer of another org cannot approve.
+    let out = server.admin_ok(&["account", "add", "acme", "victor", "--role", "viewer"]);
+    let victor = out.lines().last().unwrap();
+    let denied = std::process::Command::new(bin("nbde-server"))
+        .args(["--server", &server.url, "approve", &id3])
+        .env("NBDE_TOKEN", victor)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("403"));
+    let audit = server.admin_ok(&["audit", "--org", "acme"]);
+    assert!(
+        audit.contains("request approve") && audit.contains("group add"),
+        "{audit}"
+    );
+}
+
+/// One raw POST /rec, as many clients at once would send it; returns the status.
+fn post(base: &str, path: &str, body: &[u8], headers: &str) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/jwk+json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    status.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn rec_request(server: &NbdeServer, org: &str, device: &str) -> (String, Vec<u8>) {
+    let v = json_of(&server.admin_ok(&["device", "list", "--org", org, "--json"]));
+    let d = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == device)
+        .unwrap()
+        .clone();
+    let curve = Curve::from_name(d["curve"].as_str().unwrap()).unwrap();
+    let mut body = Jwk::from_point(&curve.random_scalar().unwrap().public_point());
+    body.set("alg", "ECMR".into());
+    (
+        format!("/o/{org}/d/{device}/rec/{}", d["kid"].as_str().unwrap()),
+        body.to_value().to_string().into_bytes(),
+    )
+}
+
+#[test]
+fn allow_once_is_used_by_exactly_one_of_fifty_concurrent_requests() {
+    let server = NbdeServer::start(&[]);
+    server.add_device("acme", "race", Some("P-256"));
+    server.admin_ok(&["device", "disable", "acme/race"]);
+    server.admin_ok(&["allow-once", "acme/race"]);
+    let (path, body) = rec_request(&server, "acme", "race");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let (base, path, body, barrier) = (
+                server.url.clone(),
+                path.clone(),
+                body.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                post(&base, &path, &body, "")
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        49,
+        "{statuses:?}"
+    );
+    let history = server.history(Some("acme/race"));
+    assert_eq!(history.len(), 50);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|r| r["decision"] == "allowed")
+            .count(),
+        1
+    );
+    assert!(
+        history
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("allow-once"))
+    );
+}
+
+#[test]
+fn sources_netlists_and_spoofed_forwarding_headers() {
+    let server = NbdeServer::start(&[]);
+    server.add_device("acme", "web", Some("P-256"));
+    let (path, body) = rec_request(&server, "acme", "web");
+    let list = server.admin_ok(&["device", "list", "--org", "acme"]);
+    assert!(list.contains("source: any source"), "{list}");
+    assert_eq!(post(&server.url, &path, &body, ""), 200);
+
+    server.admin_ok(&["allow", "add", "acme/web", "10.9.9.0/24", "2001:db8::/32"]);
+    assert_eq!(
+        post(&server.url, &path, &body, ""),
+        403,
+        "loopback is not in the allowlist"
+    );
+    // A client claiming to be in the list is not believed: no proxy is trusted.
+    assert_eq!(
+        post(&server.url, &path, &body, "X-Forwarded-For: 10.9.9.9\r\n"),
+        403
+    );
+    assert_eq!(
+        post(&server.url, &path, &body, "Forwarded: for=10.9.9.9\r\n"),
+        403
+    );
+
+    server.admin_ok(&["netlist", "add", "acme", "lab", "127.0.0.0/8"]);
+    server.admin_ok(&["netlist", "attach", "acme/web", "lab"]);
+    assert_eq!(
+        post(&server.url, &path, &body, ""),
+        200,
+        "allowed through the shared list"
+    );
+    server.admin_ok(&["netlist", "detach", "acme/web", "lab"]);
+    assert_eq!(post(&server.url, &path, &body, ""), 403);
+    server.admin_ok(&["allow", "rm", "acme/web", "10.9.9.0/24", "2001:db8::/32"]);
+    assert_eq!(post(&server.url, &path, &body, ""), 200);
+
+    server.admin_ok(&["org", "set", "acme", "--require-source"]);
+    assert_eq!(
+        post(&server.url, &path, &body, ""),
+        403,
+        "no allowlist, org requires one"
+    );
+    let history = server.history(Some("acme/web"));
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("requires one"),
+        "{:?}",
+        history[0]
+    );
+    assert!(
+        history
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("not allowed"))
+    );
+}
+
+#[test]
+fn a_trusted_proxy_forwards_the_client_address() {
+    let config = tempdir();
+    let file = config.path().join("nbde.toml");
+    std::fs::write(&file, "trusted_proxies = [\"127.0.0.1\"]\n").unwrap();
+    let server = NbdeServer::start(&["--config", file.to_str().unwrap()]);
+    server.add_device("acme", "web", Some("P-256"));
+    server.admin_ok(&["allow", "add", "acme/web", "10.9.9.9"]);
+    let (path, body) = rec_request(&server, "acme", "web");
+    assert_eq!(
+        post(&server.url, &path, &body, "X-Forwarded-For: 10.9.9.9\r\n"),
+        200
+    );
+    // Only the hop after the last trusted proxy counts: a client-written first hop does not.
+    assert_eq!(
+        post(
+            &server.url,
+            &path,
+            &body,
+            "X-Forwarded-For: 10.9.9.9, 192.0.2.1\r\n"
+        ),
+        403
+    );
+    assert_eq!(server.history(Some("acme/web"))[1]["peer"], "10.9.9.9");
+}
