@@ -82,7 +82,7 @@ def chroot(name):
             f.write("CRYPTSETUP=y\n")
         with open(os.path.join(path, "etc/crypttab"), "w") as f:
             f.write(f"cryptroot UUID={UUID} none luks,initramfs\n")
-    in_chroot(path, "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+    in_chroot(path, "apt-get update -qq && apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "
                     + " ".join(packages) + " >/dev/null")
     open(os.path.join(path, ".done"), "w").close()
     return path

@@ -63,6 +63,8 @@ qemu_root_image() {
     tree=$(mktemp -d)
     mkdir -p "$tree"/{etc,sbin,bin,proc,sys,dev}
     echo "nbde root filesystem $(basename "$out")" > "$tree/etc/nbde-marker"
+    # systemd switches only into an OS tree.
+    printf 'ID=nbde-test\nNAME="nbde test root"\n' > "$tree/etc/os-release"
     cp /bin/busybox "$tree/bin/busybox"
     cat > "$tree/sbin/init" <<'INIT'
 #!/bin/busybox sh
