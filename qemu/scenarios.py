@@ -169,9 +169,10 @@ def device_config(server, work, name):
     return {"url": d["url"], "thp": d["thp"], "adv": adv}
 
 
-def run_boot(gen, kdir, work, image, forwards, label, expects, typing=None, timeout=300):
-    """Boots; `expects` are (label, regex) in order; `typing` is (regex, text) to type once
-    the regex shows. Returns {label: seconds} or raises with the log's tail."""
+def run_boot(gen, kdir, work, image, forwards, label, expects, actions=None, timeout=300):
+    """Boots; `expects` are (label, regex) in order. When a label is in `actions`, its
+    (regex, act) waits for the regex and then calls act(boot) — typing on the console,
+    approving a request. Returns {label: seconds} or raises with the log's tail."""
     log = os.path.join(work, f"{label}.serial.log")
     b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, gen.append, forwards, log)
     deadline = time.monotonic() + timeout
@@ -179,10 +180,10 @@ def run_boot(gen, kdir, work, image, forwards, label, expects, typing=None, time
     with b:
         after = 0
         for name, pattern in expects:
-            if typing and name == "typed":
-                found = b.wait_for(typing[0], deadline, after)
+            if actions and name in actions:
+                found = b.wait_for(actions[name][0], deadline, after)
                 if found:
-                    b.type(typing[1])
+                    actions[name][1](b)
             else:
                 found = b.wait_for(pattern, deadline, after)
             if not found:
@@ -210,18 +211,26 @@ def allowed(gen, kdir, work):
 
 def server_late(gen, kdir, work):
     server = Server(work).start()
+    timers = []
     try:
         image = os.path.join(work, "late.img")
         bind(image, ("tang", device_config(server, work, "late")), work, "late")
         server.stop()
-        timer = threading.Timer(20, server.start)
-        timer.start()
+
+        def start_later(b):
+            # Down at boot; up 20 s after the boot began, once the guest has seen it down.
+            timer = threading.Timer(max(0.0, 20 - b.elapsed()), server.start)
+            timer.start()
+            timers.append(timer)
+
         t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-late",
-                     [("unreachable", "server unreachable"), ("root", "NBDE-ROOT-MOUNTED")])
-        timer.join()
+                     [("unreachable", ""), ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"unreachable": ("server unreachable", start_later)})
         assert server.history("ci/late")[0]["decision"] == "allowed"
         return f"unreachable at {t['unreachable']:.1f} s, root at {t['root']:.1f} s after a retry"
     finally:
+        for timer in timers:
+            timer.join()
         server.stop()
 
 
@@ -234,9 +243,32 @@ def refused_typed(gen, kdir, work):
         t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-refused",
                      [("refused", r"refused by policy \(disabled\)"), ("typed", ""),
                       ("root", "NBDE-ROOT-MOUNTED")],
-                     typing=(gen.prompt, PASSPHRASE))
+                     actions={"typed": (gen.prompt, lambda b: b.type(PASSPHRASE))})
         assert server.history("ci/refused")[0]["decision"] == "disabled"
         return f"refused at {t['refused']:.1f} s, typed passphrase, root at {t['root']:.1f} s"
+    finally:
+        server.stop()
+
+
+def approval(gen, kdir, work):
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "approval.img")
+        bind(image, ("tang", device_config(server, work, "gated")), work, "approval")
+        server.admin("device", "tag", "ci/gated", "tier=db")
+        server.admin("group", "add", "ci", "dbas", "--tag", "tier=db")
+
+        def approve(_boot):
+            pending = json.loads(server.admin("requests", "--json"))["requests"]
+            assert len(pending) == 1, pending
+            server.admin("approve", str(pending[0]["id"]))
+
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-approval",
+                     [("waiting", ""), ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"waiting": ("waiting for approval at", approve)})
+        decisions = [r["decision"] for r in server.history("ci/gated")]
+        assert decisions[0] == "allowed" and "pending-approval" in decisions, decisions
+        return f"pending at {t['waiting']:.1f} s, approved through the admin CLI, root at {t['root']:.1f} s"
     finally:
         server.stop()
 
@@ -280,6 +312,7 @@ SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
     "refused-typed": refused_typed,
+    "approval": approval,
     "stock-tangd": stock_tangd,
     "sss-one-dead": sss_one_dead,
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (Debian, as root), then runs formatting,
-# lints and every test against the real peers (stock clevis, tangd, jose, cryptsetup).
+# lints, every cargo test against the real peers (stock clevis, tangd, jose, cryptsetup),
+# and the QEMU boot scenarios (standalone, dracut, initramfs-tools).
+#   NBDE_SKIP_QEMU=1 ./tests/run.sh   skips the boots (for a quick local run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +22,9 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+if [ "${NBDE_SKIP_QEMU:-0}" != 1 ]; then
+    . qemu/lib.sh
+    qemu_install_host_packages
+    python3 qemu/scenarios.py --generator minimal,dracut,initramfs-tools
+fi
