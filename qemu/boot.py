@@ -102,6 +102,15 @@ class Boot:
                     return None
                 self.lock.wait(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
 
+    def last_before(self, pattern, index):
+        """Time of the last line before line `index` that matches `pattern`."""
+        regex = re.compile(pattern)
+        with self.lock:
+            for at, line in reversed(self.lines[:index]):
+                if regex.search(line):
+                    return at
+        return None
+
     def type(self, text):
         self.proc.stdin.write(text.encode() + b"\r")
         self.proc.stdin.flush()

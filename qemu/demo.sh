@@ -11,7 +11,7 @@ stamp() { printf '%8.1f s  %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$1"; }
 
 qemu_install_host_packages
 command -v bc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bc >/dev/null
-(cd "$REPO" && cargo build --release --locked -q)
+(cd "$REPO" && cargo build --release --locked -q -p nbde-unlock -p nbde-server)
 kdir=$(qemu_kernel)
 stamp "built nbde-unlock and nbde-server; kernel $(cat "$kdir/version")"
 

@@ -151,6 +151,7 @@ pub fn recover_until(
     deadline: Option<Instant>,
 ) -> Option<(Vec<u32>, Zeroizing<Vec<u8>>)> {
     let mut backoff = Backoff::new();
+    status(&format!("{label}: asking {} binding(s)", bindings.len()));
     loop {
         let (sender, receiver) = mpsc::channel();
         for binding in bindings {
@@ -165,7 +166,10 @@ pub fn recover_until(
         let mut failures = Vec::new();
         for (keyslots, result) in receiver {
             match result {
-                Ok(key) => return Some((keyslots, key)),
+                Ok(key) => {
+                    status(&format!("{label}: key recovered"));
+                    return Some((keyslots, key));
+                }
                 Err(e) => failures.push(e),
             }
         }

@@ -397,3 +397,95 @@ async fn server_wide_verbs_and_scoped_listings() {
         .collect();
     assert_eq!(orgs, ["a"]);
 }
+
+#[tokio::test]
+async fn tokens_can_be_added_and_revoked() {
+    let f = fixture();
+    let viewer = f
+        .tokens
+        .iter()
+        .find(|(r, _)| *r == Role::Viewer)
+        .unwrap()
+        .1
+        .clone();
+    let router =
+        || app(f.state.clone()).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+    let send = |method: &str, uri: &str, token: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let response = router()
+        .oneshot(send("POST", "/admin/v1/tokens", &viewer))
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let second = v["token"].as_str().unwrap().to_owned();
+    let id = v["token_id"].as_i64().unwrap();
+    assert_eq!(
+        call(
+            &f.state,
+            "GET",
+            "/admin/v1/history?org=a",
+            None,
+            Some(&second)
+        )
+        .await,
+        StatusCode::OK
+    );
+    // Another account cannot revoke it; its owner can.
+    let owner = f
+        .tokens
+        .iter()
+        .find(|(r, _)| *r == Role::Owner)
+        .unwrap()
+        .1
+        .clone();
+    let path = format!("/admin/v1/tokens/{id}/revoke");
+    assert_eq!(
+        router()
+            .oneshot(send("POST", &path, &owner))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        router()
+            .oneshot(send("POST", &path, &viewer))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert_eq!(
+        call(
+            &f.state,
+            "GET",
+            "/admin/v1/history?org=a",
+            None,
+            Some(&second)
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            &f.state,
+            "GET",
+            "/admin/v1/history?org=a",
+            None,
+            Some(&viewer)
+        )
+        .await,
+        StatusCode::OK
+    );
+}
