@@ -181,9 +181,12 @@ def run_boot(gen, kdir, work, image, forwards, label, expects, actions=None, tim
         after = 0
         for name, pattern in expects:
             if actions and name in actions:
-                found = b.wait_for(actions[name][0], deadline, after)
+                # A prompt may have been printed before an earlier marker (the kernel log
+                # interleaves with it), so actions look from the start of the log.
+                found = b.wait_for(actions[name][0], deadline, 0)
                 if found:
                     actions[name][1](b)
+                    found = (max(found[0], after), found[1])
             else:
                 found = b.wait_for(pattern, deadline, after)
             if not found:

@@ -179,6 +179,17 @@ async fn finish(
     }
 }
 
+/// Runs a store call off the async workers (SQLite may wait on fsync).
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    call: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || call(&state))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::Internal(format!("store task: {e}"))))
+}
+
 fn respond(outcome: Outcome) -> Response {
     match outcome.response {
         Ok(body) => (
@@ -245,12 +256,10 @@ pub async fn device_rec(
     }
     for _ in 0..3 {
         let (org, device) = (org.clone(), device.clone());
-        let task = state.clone();
-        let snapshot =
-            tokio::task::spawn_blocking(move || task.store.snapshot(&org, &device)).await;
+        let snapshot = blocking(&state, move |s| s.store.snapshot(&org, &device)).await;
         let (device_id, snapshot) = match snapshot {
-            Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => {
+            Ok(Some(found)) => found,
+            Ok(None) => {
                 let outcome = Outcome::refuse(
                     "not-found",
                     "no such device",
@@ -258,18 +267,8 @@ pub async fn device_rec(
                 );
                 return finish(&state, started, entry, outcome).await;
             }
-            Ok(Err(e)) => {
-                return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
-            }
             Err(e) => {
-                let error = ApiError::Internal(format!("policy task: {e}"));
-                return finish(
-                    &state,
-                    started,
-                    entry,
-                    Outcome::refuse("error", "store", error),
-                )
-                .await;
+                return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
             }
         };
         let decision = policy::decide(&snapshot, peer);
@@ -291,30 +290,17 @@ pub async fn device_rec(
         // The effect and the history row commit together, or not at all.
         entry.decision = outcome.decision;
         entry.reason = outcome.reason.clone();
-        let task = state.clone();
         let row = entry.clone();
         let effect = decision.effect.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || task.store.apply(device_id, &effect, &row)).await;
-        match applied {
-            Ok(Ok(true)) => {
+        match blocking(&state, move |s| s.store.apply(device_id, &effect, &row)).await {
+            Ok(true) => {
                 state.metrics.observe(outcome.decision, started.elapsed());
                 return respond(outcome);
             }
             // Another request won the race: decide again on fresh state.
-            Ok(Ok(false)) => continue,
-            Ok(Err(e)) => {
-                return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
-            }
+            Ok(false) => continue,
             Err(e) => {
-                let error = ApiError::Internal(format!("policy task: {e}"));
-                return finish(
-                    &state,
-                    started,
-                    entry,
-                    Outcome::refuse("error", "store", error),
-                )
-                .await;
+                return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
             }
         }
     }
