@@ -298,12 +298,13 @@ impl Store {
         })
     }
 
-    fn device_id(&self, org: &str, name: &str) -> Result<i64> {
+    /// (device id, org id) of `org/name`.
+    pub(crate) fn device_row(&self, org: &str, name: &str) -> Result<(i64, i64)> {
         self.with(|c| {
             c.query_row(
-                "SELECT d.id FROM devices d JOIN orgs o ON o.id = d.org_id WHERE o.name = ?1 AND d.name = ?2",
+                "SELECT d.id, o.id FROM devices d JOIN orgs o ON o.id = d.org_id WHERE o.name = ?1 AND d.name = ?2",
                 params![org, name],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
         })?
@@ -313,7 +314,7 @@ impl Store {
     /// Changes a device's lifecycle state. Retiring deletes its exchange keys; a retired
     /// device stays retired.
     pub fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()> {
-        let id = self.device_id(org, name)?;
+        let (id, _) = self.device_row(org, name)?;
         self.with(|c| {
             let tx = c.transaction()?;
             if device_is_retired(&tx, id)? {
@@ -336,7 +337,7 @@ impl Store {
 
     /// Adds a new advertised exchange key; older ones stop being advertised but still recover.
     pub fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()> {
-        let id = self.device_id(org, name)?;
+        let (id, _) = self.device_row(org, name)?;
         self.with(|c| {
             let tx = c.transaction()?;
             if device_is_retired(&tx, id)? {

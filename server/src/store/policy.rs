@@ -65,18 +65,6 @@ fn parse_cidrs(texts: Vec<String>) -> Vec<Cidr> {
 }
 
 impl Store {
-    fn device_row(&self, org: &str, device: &str) -> Result<(i64, i64)> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT d.id, o.id FROM devices d JOIN orgs o ON o.id = d.org_id WHERE o.name = ?1 AND d.name = ?2",
-                params![org, device],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })?
-        .ok_or_else(|| ApiError::NotFound(format!("device {org}/{device}")))
-    }
-
     /// Everything the policy needs for one `/rec`, read in one transaction.
     pub fn snapshot(&self, org: &str, device: &str) -> Result<Option<(i64, Snapshot)>> {
         self.with(|c| {
