@@ -6,7 +6,7 @@ QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$QEMU_DIR")
 
 # Debian packages the boot scripts need on the host.
-QEMU_HOST_PACKAGES=(qemu-system-x86 busybox-static kmod xz-utils e2fsprogs cpio socat
+QEMU_HOST_PACKAGES=(qemu-system-x86 busybox-static kmod xz-utils e2fsprogs cpio socat curl python3
     cryptsetup-bin debootstrap libcryptsetup-dev clang pkg-config)
 
 qemu_install_host_packages() {
