@@ -1049,7 +1049,7 @@ pub fn run(args: Args) -> Result<(), String> {
                     .map(|r| {
                         format!(
                             "{}\t{}\t{}\t{}",
-                            r["at"],
+                            utc(&r["at"]),
                             r["account"].as_str().unwrap_or(""),
                             r["action"].as_str().unwrap_or(""),
                             r["target"].as_str().unwrap_or("")
@@ -1074,7 +1074,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 for row in v["history"].as_array().into_iter().flatten() {
                     println!(
                         "{}\t{}/{}\t{}\t{}\t{}",
-                        row["at"],
+                        utc(&row["at"]),
                         row["org"].as_str().unwrap_or("-"),
                         row["device"].as_str().unwrap_or("-"),
                         row["peer"].as_str().unwrap_or(""),
@@ -1086,6 +1086,30 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `at` (Unix seconds) as RFC 3339 UTC, for people reading history and audit lines.
+fn utc(at: &Value) -> String {
+    let Some(seconds) = at.as_i64() else {
+        return at.to_string();
+    };
+    let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Prints `value` as JSON, or the text `describe` makes of it.
@@ -1155,4 +1179,18 @@ fn device_action(admin: &Admin, action: &str, spec: &str) -> Result<Value, Strin
         &format!("/orgs/{org}/devices/{device}/{action}"),
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+    use serde_json::json;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(&json!(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(&json!(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(&json!(1_795_353_946)), "2026-11-22T13:25:46Z");
+        assert_eq!(utc(&json!("x")), "\"x\"");
+    }
 }
