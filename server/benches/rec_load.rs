@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p nbde-server --bench rec_load [-- --seconds S --clients C]`
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -33,35 +33,8 @@ fn wait_for(port: u16) {
 }
 
 /// One request on a fresh connection (tangd serves one per process); returns the status.
-/// The reply is read by its Content-Length: tangd keeps the connection open after answering.
 fn post(port: u16, path: &str, body: &[u8]) -> u16 {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/jwk+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).unwrap();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut reply = vec![0u8; length];
-    reader.read_exact(&mut reply).unwrap();
-    status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    testkit::post_status(&format!("127.0.0.1:{port}"), path, body, "")
 }
 
 struct Figures {

@@ -1,9 +1,6 @@
 //! The unlock policy end to end: stock clevis against devices behind approval, allow-once
 //! races, sources and forwarding headers, all through a real nbde-server process.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-
 use nbde_proto::{Curve, Jwk};
 use serde_json::{Value, json};
 use testkit::*;
@@ -144,20 +141,7 @@ fn approval_gates_stock_clevis_and_each_decision_behaves() {
 
 /// One raw POST /rec, as many clients at once would send it; returns the status.
 fn post(base: &str, path: &str, body: &[u8], headers: &str) -> u16 {
-    let addr = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/jwk+json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
-    status.split(' ').nth(1).unwrap().parse().unwrap()
+    post_status(base.trim_start_matches("http://"), path, body, headers)
 }
 
 fn rec_request(server: &NbdeServer, org: &str, device: &str) -> (String, Vec<u8>) {

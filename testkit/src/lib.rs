@@ -416,3 +416,37 @@ impl Drop for NbdeServer {
         self.stop();
     }
 }
+
+/// One raw `POST path` on a fresh connection to `addr` (`host:port`), with `headers`
+/// (each ending in CRLF) added; returns the status. The reply is read by its
+/// Content-Length, as tangd keeps the connection open after answering.
+pub fn post_status(addr: &str, path: &str, body: &[u8], headers: &str) -> u16 {
+    use std::io::BufRead;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/jwk+json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut reply = vec![0u8; length];
+    reader.read_exact(&mut reply).unwrap();
+    status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

@@ -156,27 +156,17 @@ async fn finish(
     state: &AppState,
     started: Instant,
     mut entry: Entry,
-    outcome: Outcome,
+    mut outcome: Outcome,
 ) -> Response {
     entry.decision = outcome.decision;
-    entry.reason = outcome.reason;
+    entry.reason = std::mem::take(&mut outcome.reason);
     // The row is durable before any answer leaves; if it cannot be written, we do not take part.
     if !state.history.record(entry).await {
         state.metrics.observe("error", started.elapsed());
         return ApiError::Internal("decision history unavailable".into()).into_response();
     }
     state.metrics.observe(outcome.decision, started.elapsed());
-    match outcome.response {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/jwk+json"),
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => e.into_response(),
-    }
+    respond(outcome)
 }
 
 /// Runs a store call off the async workers (SQLite may wait on fsync).

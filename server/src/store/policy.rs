@@ -59,6 +59,13 @@ pub struct GroupRow {
     pub window_seconds: i64,
 }
 
+/// Approval groups of device ?1's org whose required tags the device all has: the one
+/// definition of "a device matches a group", for the policy and for who may approve.
+const MATCHING_GROUPS: &str = "SELECT g.id, g.window_seconds FROM approval_groups g
+    WHERE g.org_id = (SELECT org_id FROM devices WHERE id = ?1)
+    AND NOT EXISTS (SELECT 1 FROM group_tags t WHERE t.group_id = g.id AND NOT EXISTS
+        (SELECT 1 FROM device_tags d WHERE d.device_id = ?1 AND d.key = t.key AND d.value = t.value))";
+
 fn parse_cidrs(texts: Vec<String>) -> Vec<Cidr> {
     // Entries were validated when stored; an unparsable one matches nothing.
     texts.into_iter().filter_map(|t| t.parse().ok()).collect()
@@ -97,11 +104,7 @@ impl Store {
                 .query_row(params![id], |r| r.get(0))
                 .optional()?;
             let needs_approval: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM approval_groups g WHERE g.org_id = (SELECT org_id FROM devices WHERE id = ?1)
-                     AND NOT EXISTS (SELECT 1 FROM group_tags t WHERE t.group_id = g.id AND NOT EXISTS
-                        (SELECT 1 FROM device_tags d WHERE d.device_id = ?1 AND d.key = t.key AND d.value = t.value)))",
-                )?
+                .prepare_cached(&format!("SELECT EXISTS ({MATCHING_GROUPS})"))?
                 .query_row(params![id], |r| r.get(0))?;
             let latest_request = tx
                 .prepare_cached("SELECT id, state, expires_at FROM unlock_requests WHERE device_id = ?1 ORDER BY id DESC LIMIT 1")?
@@ -507,11 +510,8 @@ impl Store {
                 Some(v) => v,
                 None => return Ok(None),
             };
-            let matching = "SELECT g.id, g.window_seconds FROM approval_groups g WHERE g.org_id = (SELECT org_id FROM devices WHERE id = ?1)
-                 AND NOT EXISTS (SELECT 1 FROM group_tags t WHERE t.group_id = g.id AND NOT EXISTS
-                    (SELECT 1 FROM device_tags d WHERE d.device_id = ?1 AND d.key = t.key AND d.value = t.value))";
             let groups = c
-                .prepare(matching)?
+                .prepare(MATCHING_GROUPS)?
                 .query_map(params![device_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut approvers = Vec::new();
