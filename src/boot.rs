@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::luks::Volume;
 use crate::pin::{self, Context};
+use libcryptsetup_rs::consts::flags::CryptActivate;
 
 /// One line on the console, through the kernel log so it shows wherever the kernel prints.
 pub fn status(message: &str) {
@@ -73,17 +74,18 @@ pub struct Binding {
 }
 
 pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
+    let path = volume.path().display().to_string();
     volume
-        .clevis_tokens()
+        .bindings()
         .into_iter()
-        .filter_map(|t| match t.jwe {
-            Ok(jwe) if !t.keyslots.is_empty() => Some(Binding {
-                keyslots: t.keyslots,
+        .filter(|b| b.active)
+        .filter_map(|b| match b.jwe {
+            Ok(jwe) => Some(Binding {
+                keyslots: vec![b.slot],
                 jwe,
             }),
-            Ok(_) => None,
             Err(reason) => {
-                status(&format!("{}: skipping {reason}", volume.path().display()));
+                status(&format!("{path}: skipping {reason}"));
                 None
             }
         })
@@ -253,7 +255,10 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
             let label = device.display().to_string();
             while let Some((slots, key)) = recover_until(&label, &found, &ctx, &stop, None) {
                 for slot in slots {
-                    if volume.activate(&name, slot, &key).is_ok() {
+                    if volume
+                        .activate(&name, Some(slot), &key, CryptActivate::empty())
+                        .is_ok()
+                    {
                         let _ = events.send(Opened::Network { device, slot });
                         return;
                     }
@@ -342,7 +347,9 @@ fn console_prompt(waiting: &Mutex<Vec<(PathBuf, String)>>, events: &mpsc::Sender
                 return false;
             }
             let opened = Volume::open(device)
-                .and_then(|mut v| v.activate_any(name, passphrase.as_bytes()))
+                .and_then(|mut v| {
+                    v.activate(name, None, passphrase.as_bytes(), CryptActivate::empty())
+                })
                 .is_ok();
             if opened {
                 opened_any = true;

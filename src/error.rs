@@ -37,6 +37,8 @@ pub enum Error {
     Luks { step: &'static str, detail: String },
     /// The key does not open the keyslot (libcryptsetup's EPERM).
     WrongKey,
+    /// The luksmeta area of a LUKS1 device is missing, full, or corrupt.
+    LuksMeta(String),
     Io {
         what: String,
         source: std::io::Error,
@@ -91,6 +93,7 @@ impl fmt::Display for Error {
             Error::Untrusted => write!(f, "advertisement not trusted"),
             Error::Luks { step, detail } => write!(f, "LUKS {step}: {detail}"),
             Error::WrongKey => write!(f, "wrong key: no keyslot opens with it"),
+            Error::LuksMeta(msg) => write!(f, "LUKS1 metadata (luksmeta): {msg}"),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }

@@ -39,6 +39,22 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// A tang URL as clevis reads it: curl takes a URL without a scheme (`"host:port"`, as
+/// clevis's own tests bind) as http, and stock clevis stores such URLs in its JWEs, so a
+/// machine bound that way must unlock. Any scheme but http and https is refused.
+pub fn http_url(url: &str) -> Result<std::borrow::Cow<'_, str>> {
+    if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Config(format!("tang: url {url:?} is not a URL")));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(url.into());
+    }
+    if url.contains("://") {
+        return Err(Error::Config(format!("tang: url {url:?} is not http(s)")));
+    }
+    Ok(format!("http://{url}").into())
+}
+
 fn load_certificates(path: &str) -> Result<Vec<Certificate<'static>>> {
     let pem = std::fs::read(path).map_err(Error::io(format!("CA file {path}")))?;
     let mut certs = Vec::new();

@@ -1,9 +1,10 @@
-//! nbde-unlock: Clevis-compatible pins, LUKS2 binding, and (to come) boot-time unlock.
+//! nbde-unlock: Clevis-compatible pins, LUKS1 and LUKS2 bindings, and boot-time unlock.
 
 pub mod bind;
 pub mod boot;
 pub mod error;
 pub mod http;
+pub mod inspect;
 pub mod luks;
 pub mod pin;
 pub mod tty;

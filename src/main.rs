@@ -6,7 +6,10 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: cli::Args = argh::from_env();
+    let args = match cli::parse() {
+        Ok(args) => args,
+        Err(exit) => return exit,
+    };
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

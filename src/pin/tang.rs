@@ -11,14 +11,17 @@ use zeroize::Zeroizing;
 
 use super::{Context, pin_header};
 use crate::error::{Error, Result};
-use crate::http::Client;
+use crate::http::{Client, http_url};
 
 /// The parsed `tang` pin config: `{"url":…, "thp":…, "adv":…, "cacert":…}`, plus
 /// `trusted_keys` (a key set): signing keys already trusted, which may vouch for `thp` when
 /// the server no longer advertises that key but still signs with it (tang's rotated keys
 /// sign `/adv/{thp}`). `regen` passes the old advertisement's keys here.
 struct Config<'a> {
+    /// The url as given, which the JWE records (as clevis records it).
     url: &'a str,
+    /// The url requests go to (a scheme-less url is http).
+    http_url: std::borrow::Cow<'a, str>,
     thp: Option<&'a str>,
     adv: Option<&'a Value>,
     cacert: Option<&'a str>,
@@ -40,11 +43,9 @@ impl<'a> Config<'a> {
         }
         let url = optional_str(config, "url")?
             .ok_or_else(|| Error::Config("tang: missing \"url\"".into()))?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::Config(format!("tang: url {url:?} is not http(s)")));
-        }
         Ok(Config {
             url,
+            http_url: http_url(url)?,
             thp: optional_str(config, "thp")?,
             adv: config.get("adv"),
             cacert: optional_str(config, "cacert")?,
@@ -77,8 +78,8 @@ fn trusted_keys(config: &Config, client: &Client, ctx: &Context) -> Result<KeySe
         }
         None => {
             let url = match config.thp {
-                Some(thp) => format!("{}/adv/{thp}", base(config.url)),
-                None => format!("{}/adv/", base(config.url)),
+                Some(thp) => format!("{}/adv/{thp}", base(&config.http_url)),
+                None => format!("{}/adv/", base(&config.http_url)),
             };
             let body = client.get(&url)?;
             let text = std::str::from_utf8(&body).map_err(|_| Error::Reply {
@@ -147,7 +148,7 @@ fn ask_trust(keys: &KeySet) -> Result<()> {
 
 pub fn encrypt(config: &Value, plaintext: &[u8], ctx: &Context) -> Result<Jwe> {
     let config = Config::parse(config)?;
-    let client = Client::new(ctx.timeouts, config.cacert, config.url)?;
+    let client = Client::new(ctx.timeouts, config.cacert, &config.http_url)?;
     let keys = trusted_keys(&config, &client, ctx)?;
 
     // The exchange key, as clevis stores it: public part without key_ops and alg.
@@ -236,7 +237,7 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
     let blinded = exchange::blind(&epk).map_err(Error::proto("blind"))?;
     let mut request = Jwk::from_point(blinded.request());
     request.set("alg", "ECMR".into());
-    let rec_url = format!("{}/rec/{kid}", base(url));
+    let rec_url = format!("{}/rec/{kid}", base(&http_url(url)?));
     let client = Client::new(ctx.timeouts, cacert, &rec_url)?;
     let body = client.post(
         &rec_url,
