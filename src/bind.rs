@@ -170,17 +170,14 @@ pub fn recover_any(volume: &mut Volume, ctx: &Context) -> Result<(u32, Zeroizing
     })
 }
 
-/// A key that opens `slot`: its own binding's, else any other binding's, else the one
-/// `fallback` supplies (the user's passphrase). What regen and edit authorize with.
+/// A key that opens the volume for a rebind: any binding's (the slot's own among them,
+/// all asked at once), else the one `fallback` supplies (the user's passphrase), as clevis
+/// regen and edit authorize.
 pub fn authorize(
     volume: &mut Volume,
-    slot: u32,
     ctx: &Context,
     fallback: impl FnOnce() -> Result<Zeroizing<Vec<u8>>>,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    if let Ok(key) = recover_slot_key(volume, slot, ctx) {
-        return Ok(key);
-    }
     if let Ok((_, key)) = recover_any(volume, ctx) {
         return Ok(key);
     }

@@ -213,7 +213,7 @@ pub fn regen(a: RegenArgs) -> Result<ExitCode> {
     }
     let ctx = context(a.timeout, a.yes);
     let source = KeySource::from_option(a.key.as_deref());
-    let authorization = bind::authorize(&mut volume, a.slot, &ctx, || source.read())?;
+    let authorization = bind::authorize(&mut volume, &ctx, || source.read())?;
     let outcome = bind::regen(&mut volume, a.slot, &authorization, a.quiet || a.yes, &ctx)?;
     if outcome.trusted_anew {
         eprintln!(
@@ -244,7 +244,7 @@ pub fn edit(a: EditArgs) -> Result<ExitCode> {
     }
     // clevis edits with -y: the new servers' advertisements are trusted as fetched.
     let ctx = context(a.timeout, true);
-    let authorization = bind::authorize(&mut volume, a.slot, &ctx, || KeySource::Ask.read())?;
+    let authorization = bind::authorize(&mut volume, &ctx, || KeySource::Ask.read())?;
     eprintln!("Updating binding...");
     bind::rebind(&mut volume, a.slot, &pin_name, &new, &authorization, &ctx)?;
     eprintln!("Binding edited successfully");
