@@ -11,19 +11,30 @@ use serde_json::{Map, Value, json};
 use crate::error::{ApiError, Result};
 use crate::store::{DeviceState, Store};
 
-/// A new private key as JWK text: an org signing key (ES512) or a device exchange key.
-pub fn generate_signing_key() -> Result<String> {
+/// A new org signing key: P-521, `"alg":"ES512"`, `"key_ops":["sign","verify"]`, the
+/// members `tangd-keygen` writes.
+pub fn new_signing_key() -> Result<Jwk> {
     let mut jwk = Jwk::from_scalar(&random(Curve::P521)?);
     jwk.set("alg", "ES512".into());
     jwk.set("key_ops", json!(["sign", "verify"]));
-    Ok(jwk.to_value().to_string())
+    Ok(jwk)
 }
 
-pub fn generate_exchange_key(curve: Curve) -> Result<String> {
+/// A new exchange key on `curve`: `"alg":"ECMR"`, `"key_ops":["deriveKey"]`.
+pub fn new_exchange_key(curve: Curve) -> Result<Jwk> {
     let mut jwk = Jwk::from_scalar(&random(curve)?);
     jwk.set("alg", "ECMR".into());
     jwk.set("key_ops", json!(["deriveKey"]));
-    Ok(jwk.to_value().to_string())
+    Ok(jwk)
+}
+
+/// A new private key as JWK text: an org signing key (ES512) or a device exchange key.
+pub fn generate_signing_key() -> Result<String> {
+    Ok(new_signing_key()?.to_value().to_string())
+}
+
+pub fn generate_exchange_key(curve: Curve) -> Result<String> {
+    Ok(new_exchange_key(curve)?.to_value().to_string())
 }
 
 fn random(curve: Curve) -> Result<nbde_proto::EcScalar> {
