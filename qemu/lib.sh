@@ -54,12 +54,13 @@ qemu_kernel() {
 # them all.
 QEMU_ROOT_UUID=6e6b6465-0000-4000-8000-000000000001
 
-# qemu_root_image OUT KEYFILE: a LUKS2 root with known content — /etc/nbde-marker, and a
-# busybox /sbin/init that prints it and powers off, so initramfs images that switch root
-# show they got there — passphrase from KEYFILE in keyslot 0 with cheap PBKDF2 settings.
-# Built on the host without device-mapper: mke2fs -d, then reencrypt in place.
+# qemu_root_image OUT KEYFILE [luks1]: a LUKS2 (or LUKS1) root with known content —
+# /etc/nbde-marker, and a busybox /sbin/init that prints it and powers off, so initramfs
+# images that switch root show they got there — passphrase from KEYFILE in keyslot 0 with
+# cheap PBKDF2 settings. Built on the host without device-mapper: mke2fs -d, then reencrypt
+# in place (LUKS2; LUKS1's reencrypt needs device-mapper), then convert for LUKS1.
 qemu_root_image() {
-    local out=$1 keyfile=$2 tree
+    local out=$1 keyfile=$2 type=${3:-luks2} tree
     tree=$(mktemp -d)
     mkdir -p "$tree"/{etc,sbin,bin,proc,sys,dev}
     echo "nbde root filesystem $(basename "$out")" > "$tree/etc/nbde-marker"
@@ -79,6 +80,9 @@ INIT
     cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M --batch-mode \
         --key-file "$keyfile" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
         --uuid "$QEMU_ROOT_UUID" "$out" >/dev/null
+    if [ "$type" = luks1 ]; then
+        cryptsetup convert --batch-mode --type luks1 "$out" >/dev/null
+    fi
     rm -rf "$tree"
 }
 

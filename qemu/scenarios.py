@@ -319,6 +319,30 @@ def sss_one_dead(gen, kdir, work):
         server.stop()
 
 
+def luks1_stock_clevis(gen, kdir, work):
+    """A LUKS1 root bound by stock clevis (its luksmeta slot) unlocks through nbde-unlock."""
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "luks1.img")
+        keyfile = os.path.join(work, "luks1.pass")
+        with open(keyfile, "w") as f:
+            f.write(PASSPHRASE)
+        lib(f"qemu_root_image '{image}' '{keyfile}' luks1")
+        cfg = device_config(server, work, "luks1")
+        subprocess.run(["clevis", "luks", "bind", "-f", "-d", image, "-k", keyfile, "tang",
+                        json.dumps(cfg)], check=True, capture_output=True)
+        meta = subprocess.run(["luksmeta", "show", "-d", image], check=True, capture_output=True,
+                              text=True).stdout
+        assert "1   active cb6e8904-81ff-40da-a84a-07ab9ab5715e" in meta, meta
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-luks1",
+                     [("nbde", r"nbde-unlock"), ("root", "NBDE-ROOT-MOUNTED")])
+        rows = server.history("ci/luks1")
+        assert rows and rows[0]["decision"] == "allowed", rows
+        return f"root at {t['root']:.1f} s from a LUKS1 luksmeta binding made by stock clevis"
+    finally:
+        server.stop()
+
+
 SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
@@ -326,6 +350,7 @@ SCENARIOS = {
     "approval": approval,
     "stock-tangd": stock_tangd,
     "sss-one-dead": sss_one_dead,
+    "luks1-stock-clevis": luks1_stock_clevis,
 }
 
 
