@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::inspect;
-use crate::luks::{HeaderBackup, Volume};
+use crate::luks::{HeaderBackup, Store, Volume};
 use crate::pin::{self, Context};
 
 /// Bytes of randomness in a bound key; base64url of it is the passphrase (as clevis ≥ 20).
@@ -227,9 +227,15 @@ fn rebind_jwe(
         let old = volume.binding(slot)?;
         volume.destroy_keyslot(slot)?;
         volume.remove_binding(&old)?;
-        // 3. The new key in the old slot, bound by the same JWE; both work.
+        // 3. The new key in the old slot, with a binding of its own (in the old token id, as
+        //    clevis keeps it): a tool that finds a slot's token by its first keyslot (stock
+        //    clevis does) finds it; both slots work.
         volume.add_bound_keyslot(slot, key, key)?;
-        volume.share_binding(spare, slot)?;
+        let token = match old.store {
+            Store::Token(id) => Some(id),
+            Store::LuksMeta => None,
+        };
+        volume.add_binding(slot, jwe, token)?;
         // 4. The spare goes: slot first, so a kill leaves an orphan, not an unbound key.
         let spare_binding = volume.binding(spare)?;
         volume.destroy_keyslot(spare)?;

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nbde-unlock: {e}");
+            eprintln!("{}: {e}", cli::program_name());
             ExitCode::FAILURE
         }
     }

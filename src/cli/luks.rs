@@ -69,8 +69,10 @@ fn usage(message: &str) -> Result<ExitCode> {
 
 pub fn bind(a: BindArgs) -> Result<ExitCode> {
     let config = parse_config(&a.config)?;
-    if a.existing_token.is_some() && a.key.is_some() {
-        return usage("-e (existing token) and -k (key file) cannot be used together");
+    if a.existing_token.is_some() && a.key.as_deref().is_some_and(|k| k != "-") {
+        return Err(Error::Config(
+            "an existing token (-e) and a key file (-k) cannot be used together".into(),
+        ));
     }
     let mut volume = Volume::open(&a.device)?;
     if a.token.is_some() && volume.format() == Format::Luks1 {

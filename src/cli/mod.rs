@@ -52,15 +52,20 @@ fn split_clusters(words: impl Iterator<Item = String>) -> Vec<String> {
     out
 }
 
+/// The name the binary was run as (`clevis` through a symlink), for messages.
+pub fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .map_or("nbde-unlock".into(), |n| n.to_string_lossy().into_owned())
+}
+
 /// Parses the process's arguments; on `--help` or a usage error, the exit to take (usage
 /// errors exit 2, as clevis's do).
 pub fn parse() -> std::result::Result<Args, ExitCode> {
-    let mut words = std::env::args();
-    let program = words.next().unwrap_or_else(|| "nbde-unlock".into());
-    let name = std::path::Path::new(&program)
-        .file_name()
-        .map_or("nbde-unlock".into(), |n| n.to_string_lossy().into_owned());
-    let words = split_clusters(words);
+    let name = program_name();
+    let words = split_clusters(std::env::args().skip(1));
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     Args::from_args(&[&name], &words).map_err(|early| {
         if early.status.is_ok() {

@@ -104,7 +104,8 @@ pub(super) fn is_initialized(volume: &mut Volume) -> Result<bool> {
     Ok(read(volume, false)?.is_some())
 }
 
-/// Writes an empty luksmeta header (the hole is zeroed first, as `luksmeta init` does).
+/// Writes an empty luksmeta header, as `luksmeta init` does (the rest of the area is left
+/// as it is: a fresh LUKS1 volume has it zeroed).
 pub(super) fn initialize(volume: &mut Volume) -> Result<()> {
     let (file, hole) = open(volume, true)?;
     LuksMeta::init(&file, &hole).map(|_| ())

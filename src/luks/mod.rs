@@ -227,18 +227,6 @@ impl Volume {
         }
     }
 
-    /// Makes `to` bound by the same JWE as `from`.
-    pub fn share_binding(&mut self, from: u32, to: u32) -> Result<()> {
-        let binding = self.binding(from)?;
-        match binding.store {
-            Store::Token(token) => tokens::assign(&mut self.device, token, to),
-            Store::LuksMeta => {
-                let jwe = binding.jwe.map_err(Error::Config)?;
-                luks1::save(self, to, &jwe)
-            }
-        }
-    }
-
     /// Removes `binding` (found before its keyslot was destroyed; the keyslot itself is
     /// not touched here).
     pub fn remove_binding(&mut self, binding: &Binding) -> Result<()> {

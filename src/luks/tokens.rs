@@ -73,13 +73,6 @@ pub(super) fn add(
         .map_err(luks_error("write token"))
 }
 
-pub(super) fn assign(device: &mut CryptDevice, token: u32, slot: u32) -> Result<()> {
-    device
-        .token_handle()
-        .assign_keyslot(token, Some(slot))
-        .map_err(luks_error("assign token to keyslot"))
-}
-
 /// Takes `slot` out of `token`; the token goes when it names no other keyslot.
 /// libcryptsetup already takes a destroyed keyslot out of its tokens, so the slot may be
 /// gone from the token by now.
