@@ -24,13 +24,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn tang(crv: &str) -> (tempfile::TempDir, Listener) {
-    let keys = tempdir();
-    tang_keys(keys.path(), crv);
-    let server = start_tangd(keys.path());
-    (keys, server)
-}
-
 #[test]
 fn stock_clevis_bindings_read_the_same_with_nbde_unlock() {
     let (_keys, tangd) = tang("P-521");

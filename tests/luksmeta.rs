@@ -11,34 +11,6 @@ use testkit::*;
 
 const OTHER_UUID: [u8; 16] = *b"\x01\x23\x45\x67\x89\xab\xcd\xef\xfe\xdc\xba\x98\x76\x54\x32\x10";
 
-/// A 64 MiB LUKS1 image with `PASSPHRASE` in keyslot 0. With 512-bit keys its keyslots end
-/// at byte 2066432 and its payload starts at 2 MiB: a hole of 7 blocks from byte 2068480.
-fn luks1_image(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    File::create(&path).unwrap().set_len(64 << 20).unwrap();
-    let keyfile = dir.join(format!("{name}.pass"));
-    std::fs::write(&keyfile, PASSPHRASE).unwrap();
-    run_ok(
-        "cryptsetup",
-        &[
-            "luksFormat",
-            "--type",
-            "luks1",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--key-size",
-            "512",
-            "--batch-mode",
-            s(&path),
-            s(&keyfile),
-        ],
-        b"",
-    );
-    path
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

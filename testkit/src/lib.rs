@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod kill;
+pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
+
 pub const TANGD: &str = "/usr/libexec/tangd";
 pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
 pub const TANGD_ROTATE: &str = "/usr/libexec/tangd-rotate-keys";
@@ -449,4 +452,129 @@ pub fn post_status(addr: &str, path: &str, body: &[u8], headers: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// Stock tangd on a fresh key directory with keys on `crv`; keep the directory to rotate
+/// or add keys.
+pub fn tang(crv: &str) -> (tempfile::TempDir, Listener) {
+    let keys = tempdir();
+    tang_keys(keys.path(), crv);
+    let server = start_tangd(keys.path());
+    (keys, server)
+}
+
+/// The S256 thumbprint of the signing key in a tangd key directory made by `tang_keys`
+/// (key files are named by it).
+pub fn signing_thp(keys: &Path) -> String {
+    for entry in std::fs::read_dir(keys).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(thp) = name.strip_suffix(".jwk") else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let jwk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(keys.join(&name)).unwrap()).unwrap();
+        if jwk["alg"].as_str().is_some_and(|alg| alg.starts_with("ES")) {
+            return thp.to_owned();
+        }
+    }
+    panic!("no signing key in {}", keys.display());
+}
+
+/// A 64 MiB LUKS1 image with `PASSPHRASE` in keyslot 0 (cheap PBKDF2, 512-bit key). Its
+/// keyslots end at byte 2066432 and its payload starts at 2 MiB: a luksmeta hole of 7
+/// blocks from byte 2068480.
+pub fn luks1_image(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let keyfile = dir.join(format!("{name}.pass"));
+    std::fs::write(&keyfile, PASSPHRASE).unwrap();
+    run_ok(
+        "cryptsetup",
+        &[
+            "luksFormat",
+            "--type",
+            "luks1",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-size",
+            "512",
+            "--batch-mode",
+            path.to_str().unwrap(),
+            keyfile.to_str().unwrap(),
+        ],
+        b"",
+    );
+    path
+}
+
+/// Requires `out` to be a success; returns its standard output as text.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Requires exit `code` and `needle` in standard error.
+pub fn fails_with(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+/// The active keyslots of a LUKS2 (by its JSON metadata) or LUKS1 (by `luksDump`) image.
+pub fn keyslots(image: &Path) -> Vec<u32> {
+    let path = image.to_str().unwrap();
+    let json = run(
+        "cryptsetup",
+        &["luksDump", "--dump-json-metadata", path],
+        b"",
+    );
+    let mut slots: Vec<u32> = if json.status.success() {
+        let header: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        let keyslots = header["keyslots"].as_object().unwrap();
+        keyslots.keys().map(|k| k.parse().unwrap()).collect()
+    } else {
+        let dump = String::from_utf8(run_ok("cryptsetup", &["luksDump", path], b"")).unwrap();
+        dump.lines()
+            .filter_map(|line| line.strip_prefix("Key Slot ")?.strip_suffix(": ENABLED"))
+            .map(|slot| slot.parse().unwrap())
+            .collect()
+    };
+    slots.sort();
+    slots
+}
+
+/// The keyslots that stock `clevis luks list` shows and whose key stock `clevis luks pass`
+/// recovers and cryptsetup accepts in that keyslot.
+pub fn working_bindings(image: &Path) -> Vec<u32> {
+    let path = image.to_str().unwrap();
+    let list = run("clevis", &["luks", "list", "-d", path], b"");
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let mut working = Vec::new();
+    for line in list.lines() {
+        let Some(Ok(slot)) = line.split(':').next().map(str::parse::<u32>) else {
+            continue;
+        };
+        let pass = run(
+            "clevis",
+            &["luks", "pass", "-d", path, "-s", &slot.to_string()],
+            b"",
+        );
+        if pass.status.success() && key_opens(image, Some(slot), &pass.stdout) {
+            working.push(slot);
+        }
+    }
+    working
 }
