@@ -7,8 +7,11 @@ use serde_json::json;
 
 #[derive(Clone, Debug)]
 pub enum ApiError {
-    /// Malformed request: body, point, JSON.
+    /// Malformed admin request; the caller is told what was wrong.
     BadRequest(String),
+    /// Malformed `/rec` body or point. Anyone may send one, so the answer is the bare
+    /// problem type; the detail goes to the log and the history.
+    Malformed(String),
     Unauthorized,
     Forbidden(String),
     NotFound(String),
@@ -26,7 +29,7 @@ pub type Result<T> = std::result::Result<T, ApiError>;
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ApiError::BadRequest(m) => write!(f, "bad request: {m}"),
+            ApiError::BadRequest(m) | ApiError::Malformed(m) => write!(f, "bad request: {m}"),
             ApiError::Unauthorized => write!(f, "unauthorized"),
             ApiError::Forbidden(m) => write!(f, "forbidden: {m}"),
             ApiError::NotFound(m) => write!(f, "not found: {m}"),
@@ -57,6 +60,10 @@ impl IntoResponse for ApiError {
         match self {
             // Admin API errors say what was wrong: the caller is authenticated.
             ApiError::BadRequest(m) => problem(StatusCode::BAD_REQUEST, "bad-request", Some(&m)),
+            ApiError::Malformed(m) => {
+                tracing::info!(detail = %m, "malformed recovery request");
+                problem(StatusCode::BAD_REQUEST, "bad-request", None)
+            }
             ApiError::Unauthorized => problem(StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden(m) => problem(StatusCode::FORBIDDEN, "forbidden", Some(&m)),
             ApiError::NotFound(m) => problem(StatusCode::NOT_FOUND, "not-found", Some(&m)),
@@ -75,6 +82,19 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %m, "internal error");
                 problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
+        }
+    }
+}
+
+/// The store's errors at the edge: its conflicts and misses are the caller's to see, its
+/// failures are logged and answered as internal.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Unavailable(m) => ApiError::Internal(m),
         }
     }
 }

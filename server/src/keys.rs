@@ -1,15 +1,17 @@
 //! Key material in memory: organisations' signing keys, devices' exchange keys, and the
-//! signed advertisements built from them. Advertisements are signed once per key change,
-//! never on a request path.
+//! signed advertisements built from them. Keys are parsed, indexed by every thumbprint a
+//! client may name them by, and advertisements signed when the ring is loaded after a key
+//! change, so a request only looks things up.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use nbde_proto::{Curve, Jwk, Jws, ThumbprintHash};
+use nbde_proto::{Curve, EcScalar, Jwk, Jws, ThumbprintHash};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Result};
-use crate::store::{DeviceState, Store};
+use crate::policy::DeviceState;
+use crate::store::{DeviceRow, OrgRow, Store};
 
 /// A new org signing key: P-521, `"alg":"ES512"`, `"key_ops":["sign","verify"]`, the
 /// members `tangd-keygen` writes.
@@ -75,61 +77,168 @@ pub fn sign_adv(advertised: &[Jwk], signers: &[&Jwk]) -> Result<String> {
         .map_err(|e| ApiError::Internal(format!("signing adv: {e}")))
 }
 
+/// Every thumbprint of `jwk`, one per accepted hash. Base64url is strict (one text per
+/// digest), so comparing texts is comparing digests.
+pub fn kids(jwk: &Jwk) -> impl Iterator<Item = String> + '_ {
+    ThumbprintHash::ALL
+        .into_iter()
+        .filter_map(|hash| jwk.thumbprint(hash).ok())
+}
+
+/// A private exchange key, parsed once.
+pub struct ExchangeKey {
+    /// None for a key whose private scalar does not parse: naming it answers an error.
+    pub secret: Option<EcScalar>,
+}
+
+impl ExchangeKey {
+    pub fn new(jwk: &Jwk) -> ExchangeKey {
+        ExchangeKey {
+            secret: jwk.scalar().ok(),
+        }
+    }
+}
+
 pub struct OrgKeys {
     pub name: String,
     pub require_source: bool,
     pub signing: Vec<Jwk>,
+    /// Every thumbprint of every signing key.
+    signing_kids: HashMap<String, usize>,
+    /// The stored texts, to tell whether a reload changed them.
+    source: Vec<String>,
+    thp: Option<String>,
+}
+
+impl OrgKeys {
+    fn load(org: OrgRow) -> Result<OrgKeys> {
+        let signing = org
+            .signing_keys
+            .iter()
+            .map(|k| parse_jwk(k))
+            .collect::<Result<Vec<_>>>()?;
+        let signing_kids = signing
+            .iter()
+            .enumerate()
+            .flat_map(|(i, k)| kids(k).map(move |kid| (kid, i)))
+            .collect();
+        let thp = signing
+            .first()
+            .and_then(|k| k.thumbprint(ThumbprintHash::S256).ok());
+        Ok(OrgKeys {
+            name: org.name,
+            require_source: org.require_source,
+            signing,
+            signing_kids,
+            source: org.signing_keys,
+            thp,
+        })
+    }
+
+    /// The S256 thumbprint of the first signing key: the `thp` clients pin.
+    pub fn thp(&self) -> Option<&str> {
+        self.thp.as_deref()
+    }
+}
+
+/// A device's exchange keys with everything derived from them; shared between rings as
+/// long as neither they nor the org's signing keys change.
+struct ExchangeSet {
+    /// The stored (text, advertised) pairs and the org's signing texts they were signed with.
+    source: (Vec<(String, bool)>, Vec<String>),
+    keys: Vec<ExchangeKey>,
+    by_kid: HashMap<String, usize>,
+    /// The signed advertisement; None once the device has no key left.
+    adv: Option<String>,
+    /// S256 thumbprint of the newest advertised key.
+    kid: Option<String>,
+    curve: Option<Curve>,
+}
+
+impl ExchangeSet {
+    fn load(org: &OrgKeys, stored: Vec<(String, bool)>) -> Result<ExchangeSet> {
+        let parsed = stored
+            .iter()
+            .map(|(k, shown)| Ok((parse_jwk(k)?, *shown)))
+            .collect::<Result<Vec<_>>>()?;
+        let adv = if parsed.is_empty() {
+            None
+        } else {
+            let mut advertised: Vec<Jwk> = org.signing.iter().map(advertised_form).collect();
+            advertised.extend(
+                parsed
+                    .iter()
+                    .filter(|(_, shown)| *shown)
+                    .map(|(k, _)| advertised_form(k)),
+            );
+            let signers: Vec<&Jwk> = org.signing.iter().collect();
+            Some(sign_adv(&advertised, &signers)?)
+        };
+        let kid = parsed
+            .iter()
+            .rev()
+            .find(|(_, shown)| *shown)
+            .and_then(|(k, _)| k.thumbprint(ThumbprintHash::S256).ok());
+        Ok(ExchangeSet {
+            source: (stored, org.source.clone()),
+            by_kid: parsed
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (k, _))| kids(k).map(move |kid| (kid, i)))
+                .collect(),
+            keys: parsed.iter().map(|(k, _)| ExchangeKey::new(k)).collect(),
+            curve: parsed.last().and_then(|(k, _)| k.curve().ok()),
+            kid,
+            adv,
+        })
+    }
 }
 
 pub struct DeviceKeys {
+    /// The store's id: the `/rec` path reads the policy by it, not by name again.
+    pub id: i64,
     pub org: Arc<OrgKeys>,
     pub name: String,
     pub state: DeviceState,
-    /// (private key, advertised), oldest first.
-    pub exchange: Vec<(Jwk, bool)>,
-    adv: OnceLock<std::result::Result<String, String>>,
+    set: Arc<ExchangeSet>,
 }
 
 impl DeviceKeys {
-    /// The signed advertisement, built on first use and kept until the keys change.
-    pub fn adv(&self) -> Result<&str> {
-        self.adv
-            .get_or_init(|| {
-                let mut advertised: Vec<Jwk> =
-                    self.org.signing.iter().map(advertised_form).collect();
-                advertised.extend(
-                    self.exchange
-                        .iter()
-                        .filter(|(_, shown)| *shown)
-                        .map(|(k, _)| advertised_form(k)),
-                );
-                let signers: Vec<&Jwk> = self.org.signing.iter().collect();
-                sign_adv(&advertised, &signers).map_err(|e| e.to_string())
-            })
-            .as_deref()
-            .map_err(|e| ApiError::Internal(e.clone()))
+    /// The signed advertisement; None once the device is retired.
+    pub fn adv(&self) -> Option<&str> {
+        self.set.adv.as_deref()
     }
 
     /// Whether `kid` names one of the org's signing keys (any thumbprint hash).
     pub fn is_signing_kid(&self, kid: &str) -> bool {
-        self.org.signing.iter().any(|k| k.matches_thumbprint(kid))
+        self.org.signing_kids.contains_key(kid)
     }
 
     /// The exchange key (advertised or rotated out) named by `kid`.
-    pub fn exchange_key(&self, kid: &str) -> Option<&Jwk> {
-        self.exchange
-            .iter()
-            .map(|(k, _)| k)
-            .find(|k| k.matches_thumbprint(kid))
+    pub fn exchange_key(&self, kid: &str) -> Option<&ExchangeKey> {
+        self.set.by_kid.get(kid).map(|&i| &self.set.keys[i])
     }
 
-    /// The S256 thumbprint of the org's first signing key: the `thp` clients pin.
-    pub fn thp(&self) -> Option<String> {
-        self.org
-            .signing
-            .first()?
-            .thumbprint(ThumbprintHash::S256)
-            .ok()
+    pub fn has_keys(&self) -> bool {
+        !self.set.keys.is_empty()
+    }
+
+    pub fn exchange_count(&self) -> usize {
+        self.set.keys.len()
+    }
+
+    pub fn thp(&self) -> Option<&str> {
+        self.org.thp()
+    }
+
+    /// The S256 thumbprint of the advertised exchange key.
+    pub fn kid(&self) -> Option<&str> {
+        self.set.kid.as_deref()
+    }
+
+    /// The curve of the newest exchange key.
+    pub fn curve(&self) -> Option<Curve> {
+        self.set.curve
     }
 }
 
@@ -137,53 +246,65 @@ impl DeviceKeys {
 #[derive(Default)]
 pub struct KeyRing {
     pub orgs: HashMap<String, Arc<OrgKeys>>,
-    pub devices: HashMap<(String, String), Arc<DeviceKeys>>,
+    /// org → device name → keys.
+    devices: HashMap<String, HashMap<String, Arc<DeviceKeys>>>,
 }
 
 impl KeyRing {
-    pub fn load(store: &Store) -> Result<KeyRing> {
+    /// Loads the ring, reusing from `previous` the signed advertisements of devices whose
+    /// keys did not change: a reload after an admin change signs only what changed.
+    pub fn load(store: &Store, previous: Option<&KeyRing>) -> Result<KeyRing> {
         let mut ring = KeyRing::default();
         for org in store.orgs()? {
-            let signing = org
-                .signing_keys
-                .iter()
-                .map(|k| parse_jwk(k))
-                .collect::<Result<Vec<_>>>()?;
-            ring.orgs.insert(
-                org.name.clone(),
-                Arc::new(OrgKeys {
-                    name: org.name,
-                    require_source: org.require_source,
-                    signing,
-                }),
-            );
+            let keys = OrgKeys::load(org)?;
+            ring.orgs.insert(keys.name.clone(), Arc::new(keys));
         }
         for device in store.devices()? {
             let Some(org) = ring.orgs.get(&device.org).cloned() else {
                 continue;
             };
-            let exchange = device
-                .exchange_keys
-                .iter()
-                .map(|(k, shown)| Ok((parse_jwk(k)?, *shown)))
-                .collect::<Result<Vec<_>>>()?;
-            ring.devices.insert(
-                (device.org.clone(), device.name.clone()),
+            let DeviceRow {
+                id,
+                org: org_name,
+                name,
+                state,
+                exchange_keys,
+            } = device;
+            let kept = previous
+                .and_then(|p| p.device(&org_name, &name))
+                .map(|d| d.set.clone())
+                .filter(|set| set.source.0 == exchange_keys && set.source.1 == org.source);
+            let set = match kept {
+                Some(set) => set,
+                None => Arc::new(ExchangeSet::load(&org, exchange_keys)?),
+            };
+            ring.devices.entry(org_name).or_default().insert(
+                name.clone(),
                 Arc::new(DeviceKeys {
+                    id,
                     org,
-                    name: device.name,
-                    state: device.state,
-                    exchange,
-                    adv: OnceLock::new(),
+                    name,
+                    state,
+                    set,
                 }),
             );
         }
         Ok(ring)
     }
 
-    pub fn device(&self, org: &str, name: &str) -> Option<Arc<DeviceKeys>> {
-        self.devices
-            .get(&(org.to_owned(), name.to_owned()))
-            .cloned()
+    pub fn device(&self, org: &str, name: &str) -> Option<&Arc<DeviceKeys>> {
+        self.devices.get(org)?.get(name)
+    }
+
+    /// The names of `org`'s devices, sorted.
+    pub fn device_names(&self, org: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .devices
+            .get(org)
+            .into_iter()
+            .flat_map(|d| d.keys().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names
     }
 }

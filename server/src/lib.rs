@@ -1,6 +1,8 @@
 //! nbde-server: Tang's API per device, the policy that decides whether to take part in a
 //! recovery, and the decision history; embedded SQLite.
 
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;

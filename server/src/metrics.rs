@@ -1,65 +1,65 @@
-//! Prometheus counters for `/rec`: requests by decision, and a latency histogram.
+//! Prometheus metrics for `/rec`: requests by decision, and a latency histogram, in the
+//! exposition format of the official client library.
 
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The exposition's content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const BUCKETS_SECONDS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Decision {
+    decision: &'static str,
+}
+
 pub struct Metrics {
-    by_decision: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    buckets: [AtomicU64; BUCKETS_SECONDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    registry: Registry,
+    requests: Family<Decision, Counter>,
+    duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let requests = Family::<Decision, Counter>::default();
+        let duration = Histogram::new(BUCKETS_SECONDS);
+        let mut registry = Registry::default();
+        // Counters get their `_total` suffix from the library.
+        registry.register(
+            "nbde_rec_requests",
+            "Recovery requests by decision",
+            requests.clone(),
+        );
+        registry.register(
+            "nbde_rec_duration_seconds",
+            "Time to answer a recovery request",
+            duration.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+        }
+    }
 }
 
 impl Metrics {
     pub fn observe(&self, decision: &'static str, elapsed: Duration) {
-        if let Ok(mut map) = self.by_decision.lock() {
-            *map.entry(decision).or_default() += 1;
-        }
-        let seconds = elapsed.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS_SECONDS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.requests.get_or_create(&Decision { decision }).inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP nbde_rec_requests_total Recovery requests by decision.\n");
-        out.push_str("# TYPE nbde_rec_requests_total counter\n");
-        if let Ok(map) = self.by_decision.lock() {
-            for (decision, n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "nbde_rec_requests_total{{decision=\"{decision}\"}} {n}"
-                );
-            }
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
         }
-        out.push_str("# HELP nbde_rec_duration_seconds Time to answer a recovery request.\n");
-        out.push_str("# TYPE nbde_rec_duration_seconds histogram\n");
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS_SECONDS) {
-            let _ = writeln!(
-                out,
-                "nbde_rec_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "nbde_rec_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "nbde_rec_duration_seconds_sum {sum}");
-        let _ = writeln!(out, "nbde_rec_duration_seconds_count {count}");
         out
     }
 }

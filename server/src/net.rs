@@ -4,15 +4,13 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use axum::http::HeaderMap;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// An IPv4 or IPv6 network; a bare address is a /32 or /128.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     pub fn contains(&self, addr: IpAddr) -> bool {
@@ -21,27 +19,15 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
             v4 => v4,
         };
-        match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&addr)
     }
 }
 
 impl FromStr for Cidr {
     type Err = String;
 
+    /// Parsed in two steps (address, then prefix) to say which part is wrong, and so that
+    /// a bare address is accepted as a single-host network.
     fn from_str(s: &str) -> Result<Cidr, String> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -59,7 +45,9 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{s:?}: prefix must be 0 to {max}"))?,
         };
-        Ok(Cidr { network, prefix })
+        IpNet::new(network, prefix)
+            .map(Cidr)
+            .map_err(|_| format!("{s:?}: prefix must be 0 to {max}"))
     }
 }
 
@@ -78,7 +66,8 @@ impl From<Cidr> for String {
 
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        // The address as given (host bits kept), as it was stored.
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
     }
 }
 

@@ -7,8 +7,92 @@
 
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::net::Cidr;
-use crate::store::DeviceState;
+
+/// A device's lifecycle: active devices take part, disabled ones refuse (an allow-once
+/// still works), retired ones have no keys left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    Active,
+    Disabled,
+    Retired,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Active => "active",
+            DeviceState::Disabled => "disabled",
+            DeviceState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeviceState> {
+        match s {
+            "active" => Some(DeviceState::Active),
+            "disabled" => Some(DeviceState::Disabled),
+            "retired" => Some(DeviceState::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// A manual unlock request: pending until an approver decides; an approval is good for one
+/// unlock within its window (then used); a denial sticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Used,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+            RequestState::Used => "used",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestState> {
+        match s {
+            "pending" => Some(RequestState::Pending),
+            "approved" => Some(RequestState::Approved),
+            "denied" => Some(RequestState::Denied),
+            "used" => Some(RequestState::Used),
+            _ => None,
+        }
+    }
+}
+
+/// An approver's decision on a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Good for one unlock within the group's window.
+    Approve,
+    /// Sticks: the device stays refused.
+    Deny,
+    /// Look later: the request stays pending.
+    Defer,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+            Verdict::Defer => "defer",
+        }
+    }
+}
 
 /// Seconds a client should wait before polling a pending request again.
 pub const PENDING_RETRY_SECONDS: u64 = 10;
@@ -17,8 +101,7 @@ pub const PENDING_RETRY_SECONDS: u64 = 10;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestView {
     pub id: i64,
-    /// pending, approved, denied or used.
-    pub state: String,
+    pub state: RequestState,
     pub expires_at: Option<i64>,
 }
 
@@ -136,15 +219,18 @@ pub fn decide(snapshot: &Snapshot, peer: IpAddr) -> Decision {
     if snapshot.needs_approval {
         let pending = Some(PENDING_RETRY_SECONDS);
         match &snapshot.latest_request {
-            Some(r) if r.state == "approved" && r.expires_at.is_some_and(|t| t > snapshot.now) => {
+            Some(r)
+                if r.state == RequestState::Approved
+                    && r.expires_at.is_some_and(|t| t > snapshot.now) =>
+            {
                 steps.push(format!("request #{} approved", r.id));
                 return allow(Effect::UseApproval(r.id), steps);
             }
-            Some(r) if r.state == "pending" => {
+            Some(r) if r.state == RequestState::Pending => {
                 steps.push(format!("request #{} pending", r.id));
                 return refuse("pending-approval", pending, Effect::None, steps);
             }
-            Some(r) if r.state == "denied" => {
+            Some(r) if r.state == RequestState::Denied => {
                 steps.push(format!("request #{} denied", r.id));
                 return refuse("denied", None, Effect::None, steps);
             }
@@ -180,7 +266,7 @@ mod tests {
     fn request(state: &str, expires_at: Option<i64>) -> Option<RequestView> {
         Some(RequestView {
             id: 7,
-            state: state.into(),
+            state: RequestState::parse(state).unwrap(),
             expires_at,
         })
     }

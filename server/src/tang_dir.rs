@@ -4,6 +4,7 @@
 //! read that finds nothing to advertise (a fresh install's empty directory, or every key
 //! rotated away) first creates a pair as `tangd-keygen` would; stock tangd can serve them.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -16,7 +17,9 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::error::{ApiError, Result};
-use crate::keys::{advertised_form, new_exchange_key, new_signing_key, sign_adv};
+use crate::keys::{
+    ExchangeKey, advertised_form, kids, new_exchange_key, new_signing_key, sign_adv,
+};
 
 /// The keys in `dir`, each with whether it is hidden (rotated).
 fn read_keys(dir: &Path) -> Result<Vec<(Jwk, bool)>> {
@@ -51,6 +54,10 @@ fn is_advertised((key, hidden): &(Jwk, bool)) -> bool {
 pub struct TangKeys {
     /// (key, hidden)
     keys: Vec<(Jwk, bool)>,
+    /// Every thumbprint of every signing key → its index in `keys`.
+    signing: HashMap<String, usize>,
+    /// Every thumbprint of every exchange key → the parsed key.
+    exchange: HashMap<String, Arc<ExchangeKey>>,
     /// The default advertisement, signed by the visible signing keys.
     adv: String,
 }
@@ -68,7 +75,28 @@ impl TangKeys {
             .map(|(k, _)| k)
             .collect();
         let adv = sign_adv(&advertised, &signers)?;
-        Ok(TangKeys { keys, adv })
+        let mut signing = HashMap::new();
+        let mut exchange = HashMap::new();
+        // The first file (by name) holding a key wins, as the linear search it replaces did.
+        for (i, (k, _)) in keys.iter().enumerate() {
+            if k.allows("sign") {
+                for kid in kids(k) {
+                    signing.entry(kid).or_insert(i);
+                }
+            }
+            if k.allows("deriveKey") {
+                let parsed = Arc::new(ExchangeKey::new(k));
+                for kid in kids(k) {
+                    exchange.entry(kid).or_insert_with(|| parsed.clone());
+                }
+            }
+        }
+        Ok(TangKeys {
+            keys,
+            signing,
+            exchange,
+            adv,
+        })
     }
 
     pub fn adv(&self) -> &str {
@@ -77,11 +105,7 @@ impl TangKeys {
 
     /// `/adv/{kid}`: the advertisement also signed by the signing key `kid`, hidden or not.
     pub fn adv_for(&self, kid: &str) -> Result<Option<String>> {
-        let Some((extra, hidden)) = self
-            .keys
-            .iter()
-            .find(|(k, _)| k.allows("sign") && k.matches_thumbprint(kid))
-        else {
+        let Some((extra, hidden)) = self.signing.get(kid).map(|&i| &self.keys[i]) else {
             return Ok(None);
         };
         if !hidden {
@@ -104,11 +128,8 @@ impl TangKeys {
     }
 
     /// The exchange key (hidden or not) named by `kid`.
-    pub fn exchange_key(&self, kid: &str) -> Option<&Jwk> {
-        self.keys
-            .iter()
-            .map(|(k, _)| k)
-            .find(|k| k.allows("deriveKey") && k.matches_thumbprint(kid))
+    pub fn exchange_key(&self, kid: &str) -> Option<&ExchangeKey> {
+        self.exchange.get(kid).map(|k| &**k)
     }
 }
 

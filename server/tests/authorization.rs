@@ -8,11 +8,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
+use nbde_server::api::Role;
 use nbde_server::http::admin::{new_token, token_hash};
 use nbde_server::http::{AppState, Settings, app};
 use nbde_server::keys;
 use nbde_server::store::Store;
-use nbde_server::store::policy::Role;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -237,7 +237,8 @@ fn fixture() -> Fixture {
     let state = Arc::new(AppState::new(store, None, Settings::default()).unwrap());
     let mut requests = Vec::new();
     for org in ["a", "b"] {
-        let (device_id, snapshot) = state.store.snapshot(org, "dev").unwrap().unwrap();
+        let device_id = state.key_ring().device(org, "dev").unwrap().id;
+        let snapshot = state.store.snapshot(device_id).unwrap().unwrap();
         let decision = nbde_server::policy::decide(&snapshot, "127.0.0.1".parse().unwrap());
         let entry = nbde_server::store::history::Entry {
             org: Some(org.into()),

@@ -4,7 +4,7 @@ pub mod admin;
 pub mod tang;
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-use crate::error::Result;
+use crate::error::{ApiError, Result};
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::net::{self, Cidr};
@@ -34,6 +34,8 @@ pub struct Settings {
 pub struct AppState {
     pub store: Store,
     keys: RwLock<Arc<KeyRing>>,
+    /// Held through a reload, so two admin changes cannot swap in their rings out of order.
+    reloading: Mutex<()>,
     pub history: Writer,
     pub tang_dir: Option<TangDir>,
     pub metrics: Metrics,
@@ -42,11 +44,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, tang_dir: Option<TangDir>, settings: Settings) -> Result<AppState> {
-        let keys = KeyRing::load(&store)?;
-        let history = Writer::start(store.path())?;
+        let keys = KeyRing::load(&store, None)?;
+        let history = Writer::start(store.history_sink()?)?;
         Ok(AppState {
             store,
             keys: RwLock::new(Arc::new(keys)),
+            reloading: Mutex::new(()),
             history,
             tang_dir,
             metrics: Metrics::default(),
@@ -61,9 +64,10 @@ impl AppState {
         }
     }
 
-    /// Reloads the in-memory keys after an admin change.
+    /// Reloads the in-memory keys after an admin change (blocking: it reads the store).
     pub fn reload_keys(&self) -> Result<()> {
-        let fresh = Arc::new(KeyRing::load(&self.store)?);
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = Arc::new(KeyRing::load(&self.store, Some(&self.key_ring()))?);
         match self.keys.write() {
             Ok(mut k) => *k = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -76,8 +80,22 @@ impl AppState {
     }
 }
 
+/// Runs a store call off the async workers (a store call may wait on a lock or fsync).
+pub(crate) async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    call: impl FnOnce(&AppState) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || call(&state))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::Internal(format!("store task: {e}"))))
+}
+
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.store.healthy() {
+    if blocking(&state, |s| Ok(s.store.healthy()))
+        .await
+        .unwrap_or(false)
+    {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
@@ -88,7 +106,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            crate::metrics::CONTENT_TYPE,
         )],
         state.metrics.render(),
     )

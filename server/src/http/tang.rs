@@ -9,11 +9,12 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nbde_proto::{Jwk, exchange};
+use nbde_proto::{EcPoint, Jwk, exchange};
 use serde_json::Value;
 
-use super::AppState;
+use super::{AppState, blocking};
 use crate::error::ApiError;
+use crate::keys::ExchangeKey;
 use crate::policy::{self, Effect, Outcome as PolicyOutcome};
 use crate::store::history::Entry;
 
@@ -36,12 +37,9 @@ pub async fn device_adv(
     Path((org, device)): Path<(String, String)>,
 ) -> Response {
     let ring = state.key_ring();
-    match ring.device(&org, &device) {
-        Some(d) if !d.exchange.is_empty() => match d.adv() {
-            Ok(adv) => jose(adv.to_owned()),
-            Err(e) => e.into_response(),
-        },
-        _ => StatusCode::NOT_FOUND.into_response(),
+    match ring.device(&org, &device).and_then(|d| d.adv()) {
+        Some(adv) => jose(adv.to_owned()),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -50,12 +48,13 @@ pub async fn device_adv_kid(
     Path((org, device, kid)): Path<(String, String, String)>,
 ) -> Response {
     let ring = state.key_ring();
-    match ring.device(&org, &device) {
-        Some(d) if !d.exchange.is_empty() && d.is_signing_kid(&kid) => match d.adv() {
-            Ok(adv) => jose(adv.to_owned()),
-            Err(e) => e.into_response(),
-        },
-        _ => StatusCode::NOT_FOUND.into_response(),
+    match ring
+        .device(&org, &device)
+        .filter(|d| d.is_signing_kid(&kid))
+        .and_then(|d| d.adv())
+    {
+        Some(adv) => jose(adv.to_owned()),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -96,20 +95,23 @@ impl Outcome {
     }
 }
 
-/// Checks the client's point as tangd does, then answers `s·x` as a sorted compact JWK.
-fn exchange_reply(server_key: &Jwk, body: &[u8]) -> Outcome {
-    let bad =
-        |reason: &str| Outcome::refuse("bad-request", reason, ApiError::BadRequest(reason.into()));
+fn malformed(reason: String) -> Outcome {
+    Outcome::refuse("bad-request", reason.clone(), ApiError::Malformed(reason))
+}
+
+/// Checks the client's key and point as tangd does, against the curve of `server_key`;
+/// cheap next to the exchange, so a request is validated before the policy is asked.
+fn client_point(server_key: &ExchangeKey, body: &[u8]) -> Result<EcPoint, Outcome> {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return bad("body is not JSON");
+        return Err(malformed("body is not JSON".into()));
     };
     let Ok(client) = Jwk::from_value(value) else {
-        return bad("body is not a JWK");
+        return Err(malformed("body is not a JWK".into()));
     };
     let declares_ops =
         client.as_map().contains_key("key_ops") || client.as_map().contains_key("use");
     if declares_ops && !client.allows("deriveKey") {
-        return bad("client key does not allow deriveKey");
+        return Err(malformed("client key does not allow deriveKey".into()));
     }
     if client
         .str_member("alg")
@@ -117,21 +119,32 @@ fn exchange_reply(server_key: &Jwk, body: &[u8]) -> Outcome {
         .flatten()
         .is_some_and(|alg| alg != "ECMR")
     {
-        return bad("client key alg is not ECMR");
+        return Err(malformed("client key alg is not ECMR".into()));
     }
-    let (Ok(secret), Ok(server_point)) = (server_key.scalar(), server_key.point()) else {
+    let Some(secret) = &server_key.secret else {
+        return Err(Outcome::refuse(
+            "error",
+            "stored exchange key unusable",
+            ApiError::Internal("stored exchange key unusable".into()),
+        ));
+    };
+    match client.point() {
+        Ok(p) if p.curve() == secret.curve() => Ok(p),
+        Ok(_) => Err(malformed("client point on another curve".into())),
+        Err(e) => Err(malformed(format!("client point: {e}"))),
+    }
+}
+
+/// Answers `s·x` as a sorted compact JWK; the one scalar multiplication of a recovery.
+fn exchange_reply(server_key: &ExchangeKey, point: &EcPoint, reason: String) -> Outcome {
+    let Some(secret) = &server_key.secret else {
         return Outcome::refuse(
             "error",
             "stored exchange key unusable",
             ApiError::Internal("stored exchange key unusable".into()),
         );
     };
-    let point = match client.point() {
-        Ok(p) if p.curve() == server_point.curve() => p,
-        Ok(_) => return bad("client point on another curve"),
-        Err(e) => return bad(&format!("client point: {e}")),
-    };
-    match exchange::server_exchange(&secret, &point) {
+    match exchange::server_exchange(secret, point) {
         Ok(reply) => {
             let jwk = Jwk::from_point(&reply);
             let map = jwk.as_map();
@@ -144,11 +157,11 @@ fn exchange_reply(server_key: &Jwk, body: &[u8]) -> Outcome {
             );
             Outcome {
                 decision: "allowed",
-                reason: String::new(),
+                reason,
                 response: Ok(body.into_bytes()),
             }
         }
-        Err(e) => bad(&format!("exchange: {e}")),
+        Err(e) => malformed(format!("exchange: {e}")),
     }
 }
 
@@ -167,17 +180,6 @@ async fn finish(
     }
     state.metrics.observe(outcome.decision, started.elapsed());
     respond(outcome)
-}
-
-/// Runs a store call off the async workers (SQLite may wait on fsync).
-async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
-    call: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || call(&state))
-        .await
-        .unwrap_or_else(|e| Err(ApiError::Internal(format!("store task: {e}"))))
 }
 
 fn respond(outcome: Outcome) -> Response {
@@ -203,59 +205,65 @@ pub async fn device_rec(
 ) -> Response {
     let started = Instant::now();
     let peer = state.client_address(peer.ip(), &headers);
+    let ring = state.key_ring();
+    // The one lookup by name: from here on the device is its keys and its store id.
+    let found = ring.device(&org, &device).cloned();
     let mut entry = Entry {
-        org: Some(org.clone()),
-        device: Some(device.clone()),
+        org: Some(org),
+        device: Some(device),
         peer: peer.to_string(),
         kid: Some(kid.clone()),
         decision: "",
         reason: String::new(),
     };
-    let ring = state.key_ring();
-    let key = match ring.device(&org, &device) {
+    let not_found = |reason: &str, what: &str| {
+        Outcome::refuse("not-found", reason, ApiError::NotFound(what.into()))
+    };
+    let (device, key) = match &found {
         None => {
-            let outcome = Outcome::refuse(
-                "not-found",
-                "no such device",
-                ApiError::NotFound("device".into()),
-            );
-            return finish(&state, started, entry, outcome).await;
+            return finish(
+                &state,
+                started,
+                entry,
+                not_found("no such device", "device"),
+            )
+            .await;
         }
-        Some(d) if d.exchange.is_empty() => {
-            let outcome = Outcome::refuse(
-                "not-found",
-                "device retired",
-                ApiError::NotFound("device".into()),
-            );
-            return finish(&state, started, entry, outcome).await;
+        Some(d) if !d.has_keys() => {
+            return finish(
+                &state,
+                started,
+                entry,
+                not_found("device retired", "device"),
+            )
+            .await;
         }
         Some(d) => match d.exchange_key(&kid) {
-            Some(key) => key.clone(),
-            None => {
-                let outcome =
-                    Outcome::refuse("not-found", "unknown kid", ApiError::NotFound("kid".into()));
-                return finish(&state, started, entry, outcome).await;
-            }
+            Some(key) => (d, key),
+            None => return finish(&state, started, entry, not_found("unknown kid", "kid")).await,
         },
     };
-    // The exchange is computed first: a malformed body must not use up an allow-once or
-    // an approval.
-    let exchanged = exchange_reply(&key, &body);
-    if exchanged.response.is_err() {
-        return finish(&state, started, entry, exchanged).await;
-    }
+    // Validated before the policy is asked: a malformed body must not use up an allow-once
+    // or an approval.
+    let point = match client_point(key, &body) {
+        Ok(point) => point,
+        Err(outcome) => return finish(&state, started, entry, outcome).await,
+    };
+    // Computed only once the policy allows, and then only once however often the race
+    // below makes us decide again.
+    let mut exchanged: Option<Result<Vec<u8>, ApiError>> = None;
     for _ in 0..3 {
-        let (org, device) = (org.clone(), device.clone());
-        let snapshot = blocking(&state, move |s| s.store.snapshot(&org, &device)).await;
-        let (device_id, snapshot) = match snapshot {
-            Ok(Some(found)) => found,
+        let id = device.id;
+        let snapshot = match blocking(&state, move |s| Ok(s.store.snapshot(id)?)).await {
+            Ok(Some(snapshot)) => snapshot,
             Ok(None) => {
-                let outcome = Outcome::refuse(
-                    "not-found",
-                    "no such device",
-                    ApiError::NotFound("device".into()),
-                );
-                return finish(&state, started, entry, outcome).await;
+                return finish(
+                    &state,
+                    started,
+                    entry,
+                    not_found("no such device", "device"),
+                )
+                .await;
             }
             Err(e) => {
                 return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
@@ -263,11 +271,23 @@ pub async fn device_rec(
         };
         let decision = policy::decide(&snapshot, peer);
         let outcome = match decision.outcome {
-            PolicyOutcome::Allow => Outcome {
-                decision: "allowed",
-                reason: decision.reason.clone(),
-                response: exchanged.response.clone(),
-            },
+            PolicyOutcome::Allow => {
+                let response = match &exchanged {
+                    Some(response) => response.clone(),
+                    None => {
+                        let outcome = exchange_reply(key, &point, String::new());
+                        if outcome.response.is_err() {
+                            return finish(&state, started, entry, outcome).await;
+                        }
+                        exchanged.insert(outcome.response).clone()
+                    }
+                };
+                Outcome {
+                    decision: "allowed",
+                    reason: decision.reason.clone(),
+                    response,
+                }
+            }
             PolicyOutcome::Refuse { kind, retry_after } => Outcome::refuse(
                 kind,
                 decision.reason.clone(),
@@ -282,7 +302,7 @@ pub async fn device_rec(
         entry.reason = outcome.reason.clone();
         let row = entry.clone();
         let effect = decision.effect.clone();
-        match blocking(&state, move |s| s.store.apply(device_id, &effect, &row)).await {
+        match blocking(&state, move |s| Ok(s.store.apply(id, &effect, &row)?)).await {
             Ok(true) => {
                 state.metrics.observe(outcome.decision, started.elapsed());
                 return respond(outcome);
@@ -332,13 +352,10 @@ pub async fn dir_rec(
         Some(Err(e)) => Outcome::refuse("error", "tang directory unreadable", e),
         Some(Ok(keys)) => match keys.exchange_key(&kid) {
             None => Outcome::refuse("not-found", "unknown kid", ApiError::NotFound("kid".into())),
-            Some(key) => {
-                let mut outcome = exchange_reply(key, &body);
-                if outcome.response.is_ok() {
-                    outcome.reason = "tang directory key".into();
-                }
-                outcome
-            }
+            Some(key) => match client_point(key, &body) {
+                Ok(point) => exchange_reply(key, &point, "tang directory key".into()),
+                Err(outcome) => outcome,
+            },
         },
     };
     finish(&state, started, entry, outcome).await

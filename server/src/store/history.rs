@@ -4,14 +4,13 @@
 //! one transaction (group commit), so a burst of requests shares one fsync while every
 //! request still waits for its own row to be durable.
 
-use std::path::Path;
 use std::sync::mpsc;
 
-use rusqlite::params;
-use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::error::{ApiError, Result};
+use super::{Result, StoreError};
+
+pub use crate::api::HistoryEntry as Row;
 
 /// Rows committed together at most.
 const MAX_BATCH: usize = 512;
@@ -26,15 +25,9 @@ pub struct Entry {
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    pub at: i64,
-    pub org: Option<String>,
-    pub device: Option<String>,
-    pub peer: String,
-    pub kid: Option<String>,
-    pub decision: String,
-    pub reason: String,
+/// Commits a batch of rows in one transaction; owned by the writer thread.
+pub trait HistorySink: Send {
+    fn write(&mut self, batch: &[&Entry]) -> Result<()>;
 }
 
 type Job = (Entry, oneshot::Sender<bool>);
@@ -45,9 +38,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: &Path) -> Result<Writer> {
-        let mut conn =
-            super::connect(db).map_err(|e| ApiError::Internal(format!("history store: {e}")))?;
+    pub fn start(mut sink: Box<dyn HistorySink>) -> Result<Writer> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("history-writer".into())
@@ -60,7 +51,8 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    let committed = write_batch(&mut conn, &batch);
+                    let rows: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
+                    let committed = sink.write(&rows);
                     if let Err(e) = &committed {
                         tracing::error!(error = %e, rows = batch.len(), "history write failed");
                     }
@@ -69,7 +61,7 @@ impl Writer {
                     }
                 }
             })
-            .map_err(|e| ApiError::Internal(format!("history writer: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("history writer: {e}")))?;
         Ok(Writer { jobs })
     }
 
@@ -81,21 +73,4 @@ impl Writer {
         }
         committed.await.unwrap_or(false)
     }
-}
-
-fn write_batch(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO history (at, org, device, peer, kid, decision, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let at = super::now();
-        for (e, _) in batch {
-            insert.execute(params![
-                at, e.org, e.device, e.peer, e.kid, e.decision, e.reason
-            ])?;
-        }
-    }
-    tx.commit()
 }

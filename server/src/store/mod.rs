@@ -1,19 +1,43 @@
-//! The embedded store: one SQLite file in WAL mode. This module owns all SQL.
+//! The store's interface, by table family: one trait per family, and `Backend` for a
+//! store that has them all. `Store` holds a backend behind that interface, so the HTTP
+//! layer and the tests never name one; SQLite (`sqlite`) is the only backend today.
+//!
+//! Every call blocks (a backend may wait on fsync or the network): async code calls it
+//! through `spawn_blocking`.
 
 pub mod history;
-pub mod policy;
+pub mod sqlite;
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::api::{AuditEntry, Group, HistoryEntry, Request, Role};
+use crate::net::Cidr;
+use crate::policy::{DeviceState, Effect, Snapshot, Verdict};
+use history::{Entry, HistorySink};
 
-use crate::error::{ApiError, Result};
+/// What a store call can fail with; the HTTP layer maps each to a status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The name is taken, or the row's state does not allow the change.
+    Conflict(String),
+    NotFound(String),
+    /// The backend failed (I/O, locking, unreadable rows); the text is for the log only.
+    Unavailable(String),
+}
 
-const MIGRATIONS: [&str; 2] = [
-    include_str!("../../migrations/0001_init.sql"),
-    include_str!("../../migrations/0002_policy.sql"),
-];
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Conflict(m) => write!(f, "conflict: {m}"),
+            StoreError::NotFound(m) => write!(f, "not found: {m}"),
+            StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -22,51 +46,13 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Opens a connection with the settings every connection needs.
-pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a committed history row survives a power cut, not only a crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceState {
-    Active,
-    Disabled,
-    Retired,
-}
-
-impl DeviceState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DeviceState::Active => "active",
-            DeviceState::Disabled => "disabled",
-            DeviceState::Retired => "retired",
-        }
-    }
-
-    pub fn parse(s: &str) -> DeviceState {
-        match s {
-            "active" => DeviceState::Active,
-            "disabled" => DeviceState::Disabled,
-            _ => DeviceState::Retired,
-        }
-    }
+#[derive(Clone, Debug)]
+pub struct OrgRow {
+    pub id: i64,
+    pub name: String,
+    pub require_source: bool,
+    /// Signing key JWK texts, oldest first.
+    pub signing_keys: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -80,338 +66,140 @@ pub struct DeviceRow {
 }
 
 #[derive(Clone, Debug)]
-pub struct OrgRow {
-    pub id: i64,
-    pub name: String,
-    pub require_source: bool,
-    /// Signing key JWK texts, oldest first.
-    pub signing_keys: Vec<String>,
-}
-
-#[derive(Clone, Debug)]
 pub struct Account {
     pub id: i64,
     pub name: String,
     pub is_admin: bool,
 }
 
-pub struct Store {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+/// Who may decide a request: its org, the approvers of the groups its device matches, and
+/// the longest window among those groups.
+#[derive(Clone, Debug)]
+pub struct RequestScope {
+    pub org: String,
+    pub approvers: Vec<i64>,
+    pub window: i64,
 }
 
-fn db_error(e: rusqlite::Error) -> ApiError {
-    ApiError::Internal(format!("store: {e}"))
+/// Organisations, their signing keys, devices and their exchange keys.
+pub trait Devices {
+    fn add_org(&self, name: &str, signing_jwk: &str) -> Result<i64>;
+    /// Every org with its signing keys, by name.
+    fn orgs(&self) -> Result<Vec<OrgRow>>;
+    fn org_id(&self, name: &str) -> Result<i64>;
+    fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64>;
+    /// Every device with its exchange keys, by org and name.
+    fn devices(&self) -> Result<Vec<DeviceRow>>;
+    /// Retiring deletes the exchange keys; a retired device stays retired (Conflict).
+    fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()>;
+    /// A new advertised exchange key; older ones stop being advertised but still recover.
+    fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()>;
 }
 
-impl Store {
-    /// Opens (creating if needed) the store in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| ApiError::Internal(format!("creating {}: {e}", data_dir.display())))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Private keys live here.
-            let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
-        }
-        let path = data_dir.join("nbde.sqlite");
-        let mut conn = connect(&path).map_err(db_error)?;
-        migrate(&mut conn).map_err(db_error)?;
-        Ok(Store {
-            path,
-            conn: Mutex::new(conn),
-        })
-    }
+/// Source allowlists, the org's require-source setting, network-access lists and tags.
+pub trait Sources {
+    fn set_require_source(&self, org: &str, required: bool) -> Result<()>;
+    fn change_sources(&self, org: &str, device: &str, cidrs: &[Cidr], add: bool) -> Result<()>;
+    /// The device's own entries and the names of its attached lists, sorted.
+    fn sources(&self, org: &str, device: &str) -> Result<(Vec<String>, Vec<String>)>;
+    /// Sets (or replaces the value of) each tag.
+    fn set_tags(&self, org: &str, device: &str, tags: &[(String, String)]) -> Result<()>;
+    fn tags(&self, org: &str, device: &str) -> Result<Vec<(String, String)>>;
+    /// Creates the list if needed and adds the entries.
+    fn netlist_add(&self, org: &str, name: &str, cidrs: &[Cidr]) -> Result<()>;
+    /// Removes the list and detaches it everywhere.
+    fn netlist_rm(&self, org: &str, name: &str) -> Result<()>;
+    fn netlists(&self, org: &str) -> Result<Vec<(String, Vec<String>)>>;
+    fn netlist_attach(&self, org: &str, device: &str, name: &str, attach: bool) -> Result<()>;
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn with<T>(
+/// Allow-once allowances, approval groups and manual unlock requests.
+pub trait Approvals {
+    fn allow_once(&self, org: &str, device: &str, by: &str) -> Result<i64>;
+    fn group_add(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| ApiError::Internal("store lock poisoned".into()))?;
-        f(&mut conn).map_err(db_error)
-    }
+        org: &str,
+        name: &str,
+        tags: &[(String, String)],
+        approvers: &[String],
+        window: i64,
+    ) -> Result<()>;
+    fn group_rm(&self, org: &str, name: &str) -> Result<()>;
+    fn groups(&self, org: &str) -> Result<Vec<Group>>;
+    /// Requests of `orgs` (all if None), oldest first.
+    fn requests(&self, orgs: Option<&[String]>, only_pending: bool) -> Result<Vec<Request>>;
+    fn request_scope(&self, id: i64) -> Result<RequestScope>;
+    /// Conflict if the request's state does not allow `verdict`.
+    fn decide_request(&self, id: i64, verdict: Verdict, by: &str, window: i64) -> Result<()>;
+}
 
-    pub fn healthy(&self) -> bool {
-        self.with(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
-            .is_ok()
-    }
-
-    // ---- accounts and tokens ----
-
-    pub fn account_count(&self) -> Result<i64> {
-        self.with(|c| c.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0)))
-    }
-
-    pub fn add_account(&self, name: &str, is_admin: bool) -> Result<i64> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO accounts (name, is_admin, created_at) VALUES (?1, ?2, ?3)",
-                params![name, is_admin, now()],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
-        .map_err(|e| conflict_or(e, format!("account {name:?} exists")))
-    }
-
-    pub fn add_token(&self, account_id: i64, hash: &[u8]) -> Result<i64> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO tokens (account_id, hash, created_at) VALUES (?1, ?2, ?3)",
-                params![account_id, hash, now()],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
-    }
-
+/// Accounts, their bearer tokens (hashed) and their roles in orgs.
+pub trait Accounts {
+    fn account_count(&self) -> Result<i64>;
+    fn add_account(&self, name: &str, is_admin: bool) -> Result<i64>;
+    fn account_id(&self, name: &str) -> Result<i64>;
+    fn add_token(&self, account_id: i64, hash: &[u8]) -> Result<i64>;
     /// The account a live token belongs to.
-    pub fn account_by_token(&self, hash: &[u8]) -> Result<Option<Account>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT a.id, a.name, a.is_admin FROM tokens t JOIN accounts a ON a.id = t.account_id
-                 WHERE t.hash = ?1 AND t.revoked_at IS NULL",
-                params![hash],
-                |r| {
-                    Ok(Account {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        is_admin: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-        })
-    }
+    fn account_by_token(&self, hash: &[u8]) -> Result<Option<Account>>;
+    /// Revokes a token of `account` (any account's if None).
+    fn revoke_token(&self, id: i64, account: Option<i64>) -> Result<()>;
+    /// Gives `account` `role` in `org`, replacing the role it had there.
+    fn add_member(&self, account: i64, org: &str, role: Role) -> Result<()>;
+    fn memberships(&self, account: i64) -> Result<Vec<(String, Role)>>;
+}
 
-    // ---- organisations ----
+/// The trail of admin changes.
+pub trait Audit {
+    fn audit_in(&self, org: Option<&str>, account: &str, action: &str, target: &str) -> Result<()>;
+    /// The newest `limit` rows of `orgs` (all if None), newest first.
+    fn audit_log(&self, orgs: Option<&[String]>, limit: i64) -> Result<Vec<AuditEntry>>;
+}
 
-    pub fn add_org(&self, name: &str, signing_jwk: &str) -> Result<i64> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO orgs (name, created_at) VALUES (?1, ?2)",
-                params![name, now()],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO signing_keys (org_id, jwk, created_at) VALUES (?1, ?2, ?3)",
-                params![id, signing_jwk, now()],
-            )?;
-            tx.commit()?;
-            Ok(id)
-        })
-        .map_err(|e| conflict_or(e, format!("organisation {name:?} exists")))
-    }
-
-    pub fn orgs(&self) -> Result<Vec<OrgRow>> {
-        self.with(|c| {
-            let mut stmt = c.prepare("SELECT id, name, require_source FROM orgs ORDER BY name")?;
-            let orgs = stmt
-                .query_map([], |r| {
-                    Ok(OrgRow {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        require_source: r.get(2)?,
-                        signing_keys: Vec::new(),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut keys =
-                c.prepare("SELECT jwk FROM signing_keys WHERE org_id = ?1 ORDER BY id")?;
-            orgs.into_iter()
-                .map(|mut org| {
-                    org.signing_keys = keys
-                        .query_map(params![org.id], |r| r.get(0))?
-                        .collect::<rusqlite::Result<Vec<String>>>()?;
-                    Ok(org)
-                })
-                .collect()
-        })
-    }
-
-    pub fn org_id(&self, name: &str) -> Result<i64> {
-        self.with(|c| {
-            c.query_row("SELECT id FROM orgs WHERE name = ?1", params![name], |r| {
-                r.get(0)
-            })
-            .optional()
-        })?
-        .ok_or_else(|| ApiError::NotFound(format!("organisation {name:?}")))
-    }
-
-    // ---- devices ----
-
-    pub fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64> {
-        let org_id = self.org_id(org)?;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO devices (org_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
-                params![org_id, name, now()],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at) VALUES (?1, ?2, 1, ?3)",
-                params![id, exchange_jwk, now()],
-            )?;
-            tx.commit()?;
-            Ok(id)
-        })
-        .map_err(|e| conflict_or(e, format!("device {org}/{name} exists")))
-    }
-
-    pub fn devices(&self) -> Result<Vec<DeviceRow>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.id, o.name, d.name, d.state FROM devices d JOIN orgs o ON o.id = d.org_id
-                 ORDER BY o.name, d.name",
-            )?;
-            let devices = stmt
-                .query_map([], |r| {
-                    Ok(DeviceRow {
-                        id: r.get(0)?,
-                        org: r.get(1)?,
-                        name: r.get(2)?,
-                        state: DeviceState::parse(&r.get::<_, String>(3)?),
-                        exchange_keys: Vec::new(),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut keys = c.prepare(
-                "SELECT jwk, advertised FROM exchange_keys WHERE device_id = ?1 ORDER BY id",
-            )?;
-            devices
-                .into_iter()
-                .map(|mut d| {
-                    d.exchange_keys = keys
-                        .query_map(params![d.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    Ok(d)
-                })
-                .collect()
-        })
-    }
-
-    /// (device id, org id) of `org/name`.
-    pub(crate) fn device_row(&self, org: &str, name: &str) -> Result<(i64, i64)> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT d.id, o.id FROM devices d JOIN orgs o ON o.id = d.org_id WHERE o.name = ?1 AND d.name = ?2",
-                params![org, name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })?
-        .ok_or_else(|| ApiError::NotFound(format!("device {org}/{name}")))
-    }
-
-    /// Changes a device's lifecycle state. Retiring deletes its exchange keys; a retired
-    /// device stays retired.
-    pub fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()> {
-        let (id, _) = self.device_row(org, name)?;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            if device_is_retired(&tx, id)? {
-                return Ok(Err(retired(org, name)));
-            }
-            tx.execute(
-                "UPDATE devices SET state = ?1 WHERE id = ?2",
-                params![state.as_str(), id],
-            )?;
-            if state == DeviceState::Retired {
-                // The managed unlock path is gone for good: no key, no way back.
-                tx.execute(
-                    "DELETE FROM exchange_keys WHERE device_id = ?1",
-                    params![id],
-                )?;
-            }
-            tx.commit().map(Ok)
-        })?
-    }
-
-    /// Adds a new advertised exchange key; older ones stop being advertised but still recover.
-    pub fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()> {
-        let (id, _) = self.device_row(org, name)?;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            if device_is_retired(&tx, id)? {
-                return Ok(Err(retired(org, name)));
-            }
-            tx.execute("UPDATE exchange_keys SET advertised = 0 WHERE device_id = ?1", params![id])?;
-            tx.execute(
-                "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at) VALUES (?1, ?2, 1, ?3)",
-                params![id, exchange_jwk, now()],
-            )?;
-            tx.commit().map(Ok)
-        })?
-    }
-
-    // ---- history and audit ----
-
-    pub fn history(
+/// The `/rec` path: the policy's snapshot, the decision's effect, the decision history.
+pub trait Rec {
+    /// Everything the policy needs about device `device_id`, read in one go.
+    fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>>;
+    /// Applies the effect and writes the history row together. False if the effect's
+    /// guard failed (another request won the race): the caller decides again.
+    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool>;
+    /// The newest `limit` history rows, newest first.
+    fn history(
         &self,
         org: Option<&str>,
         device: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<history::Row>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT at, org, device, peer, kid, decision, reason FROM history
-                 WHERE (?1 IS NULL OR org = ?1) AND (?2 IS NULL OR device = ?2)
-                 ORDER BY id DESC LIMIT ?3",
-            )?;
-            let rows = stmt
-                .query_map(params![org, device, limit], |r| {
-                    Ok(history::Row {
-                        at: r.get(0)?,
-                        org: r.get(1)?,
-                        device: r.get(2)?,
-                        peer: r.get(3)?,
-                        kid: r.get(4)?,
-                        decision: r.get(5)?,
-                        reason: r.get(6)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+    ) -> Result<Vec<HistoryEntry>>;
+    /// A writer of history rows with its own connection, for the group-commit thread.
+    fn history_sink(&self) -> Result<Box<dyn HistorySink>>;
+    fn healthy(&self) -> bool;
+}
+
+pub trait Backend: Devices + Sources + Approvals + Accounts + Audit + Rec + Send + Sync {}
+
+impl<T: Devices + Sources + Approvals + Accounts + Audit + Rec + Send + Sync> Backend for T {}
+
+/// The store the server runs on: any backend, called through the family traits.
+pub struct Store(Box<dyn Backend>);
+
+impl Store {
+    /// Opens (creating if needed) the SQLite store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        Ok(Store::new(sqlite::Sqlite::open(data_dir)?))
+    }
+
+    pub fn new(backend: impl Backend + 'static) -> Store {
+        Store(Box::new(backend))
     }
 
     pub fn audit(&self, account: &str, action: &str, target: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at, account, action, target) VALUES (?1, ?2, ?3, ?4)",
-                params![now(), account, action, target],
-            )
-            .map(|_| ())
-        })
+        self.audit_in(None, account, action, target)
     }
 }
 
-fn device_is_retired(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<bool> {
-    let state: String = tx.query_row(
-        "SELECT state FROM devices WHERE id = ?1",
-        params![id],
-        |r| r.get(0),
-    )?;
-    Ok(state == "retired")
-}
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
 
-fn retired(org: &str, name: &str) -> ApiError {
-    ApiError::Conflict(format!("device {org}/{name} is retired"))
-}
-
-pub(crate) fn conflict_or(e: ApiError, message: String) -> ApiError {
-    match &e {
-        ApiError::Internal(text) if text.contains("UNIQUE constraint failed") => {
-            ApiError::Conflict(message)
-        }
-        _ => e,
+    fn deref(&self) -> &Self::Target {
+        &*self.0
     }
 }

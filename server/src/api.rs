@@ -1,0 +1,287 @@
+//! The admin API's vocabulary: the bodies the handlers under `/admin/v1` accept and answer,
+//! and that `client` sends and reads. One type per shape, so the server, the CLI and the
+//! web console to come cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{DeviceState, RequestState, Verdict};
+
+/// An account's role in one organisation; ordered by what it may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads, and decides the requests of the groups it approves for.
+    Approver,
+    /// Does everything in its org.
+    Owner,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "approver" => Some(Role::Approver),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Approver => "approver",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+// ---- organisations ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewOrg {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrgCreated {
+    pub name: String,
+    /// The S256 thumbprint of the org's signing key: what clients pin.
+    pub thp: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Org {
+    pub name: String,
+    pub require_source: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrgList {
+    pub orgs: Vec<Org>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrgSettings {
+    pub require_source: bool,
+}
+
+// ---- devices ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewDevice {
+    pub name: String,
+    /// P-256, P-384 or P-521 (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<String>,
+}
+
+/// A device as the admin API shows it, after any change to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Device {
+    pub org: String,
+    pub name: String,
+    pub state: DeviceState,
+    /// The unlock URL to bind with.
+    pub url: String,
+    pub thp: Option<String>,
+    /// The S256 thumbprint of the advertised exchange key.
+    pub kid: Option<String>,
+    pub curve: Option<String>,
+    pub exchange_keys: usize,
+    /// In words: any source, restricted, or refused for want of one.
+    pub source: String,
+    pub sources: Vec<String>,
+    pub netlists: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    /// The allowance an allow-once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_once: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<Device>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tags {
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SourceChange {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub rm: Vec<String>,
+}
+
+// ---- network-access lists ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Netlist {
+    pub name: String,
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetlistList {
+    pub netlists: Vec<Netlist>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Named {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+// ---- approval groups and requests ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewGroup {
+    pub name: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupCreated {
+    pub name: String,
+    pub window_seconds: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    /// Required (key, value) pairs, by key.
+    pub tags: Vec<(String, String)>,
+    pub approvers: Vec<String>,
+    pub window_seconds: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupList {
+    pub groups: Vec<Group>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub id: i64,
+    pub org: String,
+    pub device: String,
+    pub peer: String,
+    pub created_at: i64,
+    pub state: RequestState,
+    pub decided_by: Option<String>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestList {
+    pub requests: Vec<Request>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RequestQuery {
+    pub org: Option<String>,
+    /// Decided requests too.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Decided {
+    pub id: i64,
+    pub action: Verdict,
+}
+
+// ---- accounts and tokens ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewAccount {
+    pub name: String,
+    /// owner, approver or viewer; checked by the server so the caller learns which.
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountCreated {
+    pub account: String,
+    pub org: String,
+    pub role: Role,
+    pub token_id: i64,
+    /// Shown once; only its hash is stored.
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token_id: i64,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Revoked {
+    pub revoked: i64,
+}
+
+// ---- history and audit ----
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    pub org: Option<String>,
+    pub device: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// One `/rec` decision.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Unix seconds.
+    pub at: i64,
+    pub org: Option<String>,
+    pub device: Option<String>,
+    pub peer: String,
+    pub kid: Option<String>,
+    pub decision: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryList {
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuditQuery {
+    pub org: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// One admin change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: i64,
+    pub account: String,
+    pub action: String,
+    pub target: String,
+    pub org: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditList {
+    pub audit: Vec<AuditEntry>,
+}

@@ -1,0 +1,283 @@
+//! The `nbde-server` command: `serve` and `init` run here; every admin verb is one call of
+//! `nbde_server::client` and the printing of its answer.
+
+mod args;
+mod init;
+mod print;
+
+use std::collections::BTreeMap;
+
+pub use args::Args;
+use args::*;
+use nbde_server::api::{
+    AuditQuery, HistoryQuery, Netlist, NewAccount, NewDevice, NewGroup, OrgSettings, RequestQuery,
+    SourceChange, Tags,
+};
+use nbde_server::client::Client;
+use nbde_server::policy::Verdict;
+use print::{device_line, output};
+
+fn split_device(spec: &str) -> Result<(&str, &str), String> {
+    spec.split_once('/')
+        .filter(|(o, d)| !o.is_empty() && !d.is_empty())
+        .ok_or_else(|| format!("{spec:?}: expected ORG/DEVICE"))
+}
+
+fn key_values(list: &[String]) -> Result<BTreeMap<String, String>, String> {
+    list.iter()
+        .map(|t| {
+            t.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("{t:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    let client = || Client::from_env(args.server.clone(), args.cacert.clone());
+    match args.command {
+        Command::Serve(a) => init::serve(a),
+        Command::Init(a) => init::init(a),
+        Command::Org(OrgArgs { command }) => org(&client()?, command),
+        Command::Device(DeviceArgs { command }) => device(&client()?, command),
+        Command::Allow(AllowArgs { command }) => {
+            let (spec, change, json) = match command {
+                AllowCommand::Add(a) => (
+                    a.device,
+                    SourceChange {
+                        add: a.cidrs,
+                        rm: vec![],
+                    },
+                    a.json,
+                ),
+                AllowCommand::Rm(a) => (
+                    a.device,
+                    SourceChange {
+                        add: vec![],
+                        rm: a.cidrs,
+                    },
+                    a.json,
+                ),
+            };
+            let (org, device) = split_device(&spec)?;
+            output(&client()?.sources(org, device, &change)?, json, device_line);
+            Ok(())
+        }
+        Command::Netlist(NetlistArgs { command }) => netlist(&client()?, command),
+        Command::AllowOnce(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let v = client()?.device_verb(org, device, "allow-once")?;
+            output(&v, a.json, |v| {
+                format!(
+                    "allow-once #{} for {}/{}",
+                    print::number(v.allow_once),
+                    v.org,
+                    v.name
+                )
+            });
+            Ok(())
+        }
+        Command::Group(GroupArgs { command }) => group(&client()?, command),
+        Command::Requests(a) => {
+            let query = RequestQuery {
+                org: a.org,
+                all: a.all,
+            };
+            output(&client()?.requests(&query)?, a.json, print::requests);
+            Ok(())
+        }
+        Command::Approve(a) => decide(&client()?, a.id, Verdict::Approve, a.json),
+        Command::Deny(a) => decide(&client()?, a.id, Verdict::Deny, a.json),
+        Command::Defer(a) => decide(&client()?, a.id, Verdict::Defer, a.json),
+        Command::Account(AccountArgs {
+            command: AccountCommand::Add(a),
+        }) => {
+            let account = NewAccount {
+                name: a.name,
+                role: a.role,
+            };
+            let v = client()?.add_account(&a.org, &account)?;
+            output(&v, a.json, |v| {
+                format!(
+                    "account {} is {} of {}; token (shown once):\n{}",
+                    v.account,
+                    v.role.as_str(),
+                    v.org,
+                    v.token
+                )
+            });
+            Ok(())
+        }
+        Command::Token(TokenArgs { command }) => {
+            let client = client()?;
+            match command {
+                TokenCommand::Add(a) => output(&client.add_token()?, a.json, |v| {
+                    format!("token {} (shown once):\n{}", v.token_id, v.token)
+                }),
+                TokenCommand::Revoke(a) => output(&client.revoke_token(a.id)?, a.json, |v| {
+                    format!("revoked token {}", v.revoked)
+                }),
+            }
+            Ok(())
+        }
+        Command::Audit(a) => {
+            let query = AuditQuery {
+                org: a.org,
+                limit: None,
+            };
+            output(&client()?.audit(&query)?, a.json, print::audit);
+            Ok(())
+        }
+        Command::History(a) => {
+            let mut query = HistoryQuery {
+                limit: Some(i64::from(a.limit)),
+                ..HistoryQuery::default()
+            };
+            if let Some(spec) = &a.device {
+                let (org, device) = split_device(spec)?;
+                query.org = Some(org.to_owned());
+                query.device = Some(device.to_owned());
+            }
+            output(&client()?.history(&query)?, a.json, print::history);
+            Ok(())
+        }
+    }
+}
+
+fn org(client: &Client, command: OrgCommand) -> Result<(), String> {
+    match command {
+        OrgCommand::Add(a) => {
+            let v = client.add_org(&a.name)?;
+            output(&v, a.json, |v| {
+                format!("{}\tthp={}", v.name, v.thp.as_deref().unwrap_or(""))
+            });
+        }
+        OrgCommand::Set(a) => {
+            if a.require_source == a.any_source {
+                return Err("give one of --require-source and --any-source".into());
+            }
+            let settings = OrgSettings {
+                require_source: a.require_source,
+            };
+            output(&client.set_org(&a.org, &settings)?, a.json, |v| {
+                format!("{}\trequire_source={}", v.name, v.require_source)
+            });
+        }
+        OrgCommand::List(a) => output(&client.orgs()?, a.json, |v| {
+            v.orgs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+    }
+    Ok(())
+}
+
+fn device(client: &Client, command: DeviceCommand) -> Result<(), String> {
+    let (spec, verb, json) = match command {
+        DeviceCommand::Add(a) => {
+            let device = NewDevice {
+                name: a.name,
+                curve: a.curve,
+            };
+            let v = client.add_device(&a.org, &device)?;
+            // The two lines an operator pastes into a clevis binding.
+            output(&v, a.json, |v| {
+                format!("url: {}\nthp: {}", v.url, v.thp.as_deref().unwrap_or(""))
+            });
+            return Ok(());
+        }
+        DeviceCommand::List(a) => {
+            let orgs = match a.org {
+                Some(org) => vec![org],
+                None => client.orgs()?.orgs.into_iter().map(|o| o.name).collect(),
+            };
+            let mut devices = Vec::new();
+            for org in orgs {
+                devices.extend(client.devices(&org)?.devices);
+            }
+            let list = nbde_server::api::DeviceList { devices };
+            output(&list, a.json, |l| {
+                l.devices
+                    .iter()
+                    .map(device_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            return Ok(());
+        }
+        DeviceCommand::Tag(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let tags = Tags {
+                tags: key_values(&a.tags)?,
+            };
+            output(&client.tag(org, device, &tags)?, a.json, device_line);
+            return Ok(());
+        }
+        DeviceCommand::Disable(a) => (a.device, "disable", a.json),
+        DeviceCommand::Enable(a) => (a.device, "enable", a.json),
+        DeviceCommand::Rotate(a) => (a.device, "rotate", a.json),
+        DeviceCommand::Retire(a) => (a.device, "retire", a.json),
+    };
+    let (org, device) = split_device(&spec)?;
+    output(&client.device_verb(org, device, verb)?, json, device_line);
+    Ok(())
+}
+
+fn netlist(client: &Client, command: NetlistCommand) -> Result<(), String> {
+    match command {
+        NetlistCommand::Add(a) => {
+            let list = Netlist {
+                name: a.name,
+                cidrs: a.cidrs,
+            };
+            output(&client.add_netlist(&a.org, &list)?, a.json, |v| {
+                format!("netlist {}", v.name)
+            });
+        }
+        NetlistCommand::Rm(a) => output(&client.rm_netlist(&a.org, &a.name)?, a.json, |v| {
+            format!("removed {}", v.removed)
+        }),
+        NetlistCommand::Attach(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let v = client.netlist_attach(org, device, &a.name, true)?;
+            output(&v, a.json, device_line);
+        }
+        NetlistCommand::Detach(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let v = client.netlist_attach(org, device, &a.name, false)?;
+            output(&v, a.json, device_line);
+        }
+        NetlistCommand::List(a) => output(&client.netlists(&a.org)?, a.json, print::netlists),
+    }
+    Ok(())
+}
+
+fn group(client: &Client, command: GroupCommand) -> Result<(), String> {
+    match command {
+        GroupCommand::Add(a) => {
+            let group = NewGroup {
+                name: a.name,
+                tags: key_values(&a.tag)?,
+                approvers: a.approver,
+                window_seconds: a.window,
+            };
+            output(&client.add_group(&a.org, &group)?, a.json, |v| {
+                format!("group {} (approval valid {} s)", v.name, v.window_seconds)
+            });
+        }
+        GroupCommand::Rm(a) => output(&client.rm_group(&a.org, &a.name)?, a.json, |v| {
+            format!("removed {}", v.removed)
+        }),
+        GroupCommand::List(a) => output(&client.groups(&a.org)?, a.json, print::groups),
+    }
+    Ok(())
+}
+
+fn decide(client: &Client, id: i64, verdict: Verdict, json: bool) -> Result<(), String> {
+    output(&client.decide(id, verdict)?, json, |v| {
+        format!("request {}: {}", v.id, v.action.as_str())
+    });
+    Ok(())
+}

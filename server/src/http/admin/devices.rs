@@ -1,0 +1,183 @@
+//! Organisations and devices: creating them, listing them, a device's lifecycle and key
+//! rotation.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use nbde_proto::Curve;
+
+use super::{Caller, changed, device_view, host_of, run, valid_name};
+use crate::api::{Device, DeviceList, NewDevice, NewOrg, Org, OrgCreated, OrgList, Role};
+use crate::error::{ApiError, Result};
+use crate::http::AppState;
+use crate::keys;
+use crate::policy::DeviceState;
+
+pub(super) async fn list_orgs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<OrgList>> {
+    run(state, move |s| {
+        let visible = caller.visible_orgs();
+        let orgs = s
+            .store
+            .orgs()?
+            .into_iter()
+            .filter(|o| visible.as_ref().is_none_or(|v| v.contains(&o.name)))
+            .map(|o| Org {
+                name: o.name,
+                require_source: o.require_source,
+            })
+            .collect();
+        Ok(OrgList { orgs })
+    })
+    .await
+}
+
+pub(super) async fn add_org(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<NewOrg>,
+) -> Result<Json<OrgCreated>> {
+    run(state, move |s| {
+        caller.require_admin()?;
+        valid_name("organisation", &body.name)?;
+        s.store
+            .add_org(&body.name, &keys::generate_signing_key()?)?;
+        changed(s, &caller, Some(&body.name), "org add", &body.name)?;
+        let thp = s
+            .key_ring()
+            .orgs
+            .get(&body.name)
+            .and_then(|o| o.thp().map(str::to_owned));
+        Ok(OrgCreated {
+            name: body.name,
+            thp,
+        })
+    })
+    .await
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<DeviceList>> {
+    let host = host_of(&headers);
+    run(state, move |s| {
+        caller.require(&org, Role::Viewer)?;
+        s.store.org_id(&org)?;
+        let ring = s.key_ring();
+        let devices = ring
+            .device_names(&org)
+            .into_iter()
+            .map(|name| device_view(s, &org, name, host.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeviceList { devices })
+    })
+    .await
+}
+
+fn curve_of(name: Option<&str>) -> Result<Curve> {
+    match name {
+        None => Ok(Curve::P521),
+        Some(name) => Curve::from_name(name).map_err(|e| ApiError::BadRequest(e.to_string())),
+    }
+}
+
+pub(super) async fn add(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<NewDevice>,
+) -> Result<Json<Device>> {
+    let host = host_of(&headers);
+    run(state, move |s| {
+        caller.require(&org, Role::Owner)?;
+        valid_name("device", &body.name)?;
+        let curve = curve_of(body.curve.as_deref())?;
+        s.store
+            .add_device(&org, &body.name, &keys::generate_exchange_key(curve)?)?;
+        let target = format!("{org}/{}", body.name);
+        changed(s, &caller, Some(&org), "device add", &target)?;
+        device_view(s, &org, &body.name, host.as_deref())
+    })
+    .await
+}
+
+/// A lifecycle or key change of one device, audited as `device {verb}`.
+async fn device_verb(
+    state: Arc<AppState>,
+    caller: Caller,
+    (org, device): (String, String),
+    headers: HeaderMap,
+    verb: &'static str,
+    apply: impl FnOnce(&AppState, &str, &str) -> Result<()> + Send + 'static,
+) -> Result<Json<Device>> {
+    let host = host_of(&headers);
+    run(state, move |s| {
+        caller.require(&org, Role::Owner)?;
+        apply(s, &org, &device)?;
+        let target = format!("{org}/{device}");
+        changed(s, &caller, Some(&org), &format!("device {verb}"), &target)?;
+        device_view(s, &org, &device, host.as_deref())
+    })
+    .await
+}
+
+fn set_state(state: DeviceState) -> impl FnOnce(&AppState, &str, &str) -> Result<()> {
+    move |s, org, device| Ok(s.store.set_device_state(org, device, state)?)
+}
+
+pub(super) async fn disable(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Device>> {
+    let apply = set_state(DeviceState::Disabled);
+    device_verb(state, caller, path, headers, "disable", apply).await
+}
+
+pub(super) async fn enable(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Device>> {
+    let apply = set_state(DeviceState::Active);
+    device_verb(state, caller, path, headers, "enable", apply).await
+}
+
+pub(super) async fn retire(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Device>> {
+    let apply = set_state(DeviceState::Retired);
+    device_verb(state, caller, path, headers, "retire", apply).await
+}
+
+pub(super) async fn rotate(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Device>> {
+    device_verb(state, caller, path, headers, "rotate", |s, org, device| {
+        // The new key keeps the device's curve.
+        let curve = s
+            .key_ring()
+            .device(org, device)
+            .and_then(|d| d.curve())
+            .unwrap_or(Curve::P521);
+        let jwk = keys::generate_exchange_key(curve)?;
+        Ok(s.store.rotate_device(org, device, &jwk)?)
+    })
+    .await
+}

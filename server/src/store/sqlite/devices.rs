@@ -1,0 +1,160 @@
+//! Organisations with their signing keys, devices with their exchange keys.
+
+use rusqlite::{Transaction, params};
+
+use super::{Sqlite, conflict_or, parse_column, texts};
+use crate::policy::DeviceState;
+use crate::store::{DeviceRow, Devices, OrgRow, Result, StoreError, now};
+
+fn device_is_retired(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<bool> {
+    let state: String = tx.query_row(
+        "SELECT state FROM devices WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    Ok(state == DeviceState::Retired.as_str())
+}
+
+fn retired(org: &str, name: &str) -> StoreError {
+    StoreError::Conflict(format!("device {org}/{name} is retired"))
+}
+
+impl Devices for Sqlite {
+    fn add_org(&self, name: &str, signing_jwk: &str) -> Result<i64> {
+        self.try_with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO orgs (name, created_at) VALUES (?1, ?2)",
+                params![name, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO signing_keys (org_id, jwk, created_at) VALUES (?1, ?2, ?3)",
+                params![id, signing_jwk, now()],
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })?
+        .map_err(|e| conflict_or(e, || format!("organisation {name:?} exists")))
+    }
+
+    fn orgs(&self) -> Result<Vec<OrgRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, name, require_source FROM orgs ORDER BY name")?;
+            let orgs = stmt
+                .query_map([], |r| {
+                    Ok(OrgRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        require_source: r.get(2)?,
+                        signing_keys: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut keys =
+                c.prepare("SELECT jwk FROM signing_keys WHERE org_id = ?1 ORDER BY id")?;
+            orgs.into_iter()
+                .map(|mut org| {
+                    org.signing_keys = texts(&mut keys, org.id)?;
+                    Ok(org)
+                })
+                .collect()
+        })
+    }
+
+    fn org_id(&self, name: &str) -> Result<i64> {
+        self.org_id_of(name)
+    }
+
+    fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64> {
+        let org_id = self.org_id_of(org)?;
+        self.try_with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO devices (org_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
+                params![org_id, name, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at) VALUES (?1, ?2, 1, ?3)",
+                params![id, exchange_jwk, now()],
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })?
+        .map_err(|e| conflict_or(e, || format!("device {org}/{name} exists")))
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT d.id, o.name, d.name, d.state FROM devices d JOIN orgs o ON o.id = d.org_id
+                 ORDER BY o.name, d.name",
+            )?;
+            let devices = stmt
+                .query_map([], |r| {
+                    Ok(DeviceRow {
+                        id: r.get(0)?,
+                        org: r.get(1)?,
+                        name: r.get(2)?,
+                        state: parse_column(r.get(3)?, DeviceState::parse)?,
+                        exchange_keys: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut keys = c.prepare(
+                "SELECT jwk, advertised FROM exchange_keys WHERE device_id = ?1 ORDER BY id",
+            )?;
+            devices
+                .into_iter()
+                .map(|mut d| {
+                    d.exchange_keys = keys
+                        .query_map(params![d.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    Ok(d)
+                })
+                .collect()
+        })
+    }
+
+    fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()> {
+        let (id, _) = self.device_row(org, name)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if device_is_retired(&tx, id)? {
+                return Ok(Err(retired(org, name)));
+            }
+            tx.execute(
+                "UPDATE devices SET state = ?1 WHERE id = ?2",
+                params![state.as_str(), id],
+            )?;
+            if state == DeviceState::Retired {
+                // The managed unlock path is gone for good: no key, no way back.
+                tx.execute(
+                    "DELETE FROM exchange_keys WHERE device_id = ?1",
+                    params![id],
+                )?;
+            }
+            tx.commit().map(Ok)
+        })?
+    }
+
+    fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()> {
+        let (id, _) = self.device_row(org, name)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if device_is_retired(&tx, id)? {
+                return Ok(Err(retired(org, name)));
+            }
+            tx.execute(
+                "UPDATE exchange_keys SET advertised = 0 WHERE device_id = ?1",
+                params![id],
+            )?;
+            tx.execute(
+                "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at) VALUES (?1, ?2, 1, ?3)",
+                params![id, exchange_jwk, now()],
+            )?;
+            tx.commit().map(Ok)
+        })?
+    }
+}

@@ -1,0 +1,152 @@
+//! The SQLite backend: one file in WAL mode, one connection for the admin and `/rec` calls
+//! and one for the history writer. This module and its children own all SQL.
+
+mod accounts;
+mod approvals;
+mod audit;
+mod devices;
+mod rec;
+mod sources;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::{Result, StoreError};
+
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../../migrations/0001_init.sql"),
+    include_str!("../../../migrations/0002_policy.sql"),
+];
+
+/// Opens a connection with the settings every connection needs.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a committed history row survives a power cut, not only a crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+/// A UNIQUE or PRIMARY KEY violation is the caller's conflict (`message`); anything else is
+/// the store's failure.
+fn conflict_or(e: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError {
+    const UNIQUE: i32 = 2067; // SQLITE_CONSTRAINT_UNIQUE
+    const PRIMARY_KEY: i32 = 1555; // SQLITE_CONSTRAINT_PRIMARYKEY
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == ErrorCode::ConstraintViolation
+                && matches!(f.extended_code, UNIQUE | PRIMARY_KEY) =>
+        {
+            StoreError::Conflict(message())
+        }
+        _ => unavailable(e),
+    }
+}
+
+pub struct Sqlite {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) `nbde.sqlite` in `data_dir`, migrated to the newest schema.
+    pub fn open(data_dir: &Path) -> Result<Sqlite> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("creating {}: {e}", data_dir.display()))
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Private keys live here.
+            let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let path = data_dir.join("nbde.sqlite");
+        let mut conn = connect(&path).map_err(unavailable)?;
+        migrate(&mut conn).map_err(unavailable)?;
+        Ok(Sqlite {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `f` on the shared connection; the inner result is the database's own, for the
+    /// callers that tell a conflict from a failure.
+    fn try_with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<rusqlite::Result<T>> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+        Ok(f(&mut conn))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        self.try_with(f)?.map_err(unavailable)
+    }
+
+    fn org_id_of(&self, name: &str) -> Result<i64> {
+        self.with(|c| {
+            c.query_row("SELECT id FROM orgs WHERE name = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .optional()
+        })?
+        .ok_or_else(|| StoreError::NotFound(format!("organisation {name:?}")))
+    }
+
+    /// (device id, org id) of `org/name`.
+    fn device_row(&self, org: &str, name: &str) -> Result<(i64, i64)> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT d.id, o.id FROM devices d JOIN orgs o ON o.id = d.org_id
+                 WHERE o.name = ?1 AND d.name = ?2",
+                params![org, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })?
+        .ok_or_else(|| StoreError::NotFound(format!("device {org}/{name}")))
+    }
+}
+
+/// Reads a column of text rows.
+fn texts(stmt: &mut rusqlite::Statement<'_>, id: i64) -> rusqlite::Result<Vec<String>> {
+    stmt.query_map(params![id], |r| r.get(0))?.collect()
+}
+
+/// Reads (key, value) rows.
+fn pairs(stmt: &mut rusqlite::Statement<'_>, id: i64) -> rusqlite::Result<Vec<(String, String)>> {
+    stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// A column that holds one of an enum's names; anything else is a damaged row.
+fn parse_column<T>(text: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unexpected value {text:?}").into(),
+        )
+    })
+}

@@ -1,0 +1,184 @@
+//! The `/rec` path: the policy's snapshot of a device, the decision's effect with its
+//! history row, the history writer's own connection, and reading the history back.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::approvals::MATCHING_GROUPS;
+use super::{Sqlite, connect, parse_column, texts, unavailable};
+use crate::api::HistoryEntry;
+use crate::net::Cidr;
+use crate::policy::{DeviceState, Effect, RequestState, RequestView, Snapshot};
+use crate::store::history::{Entry, HistorySink};
+use crate::store::{Rec, Result, now};
+
+const INSERT_HISTORY: &str = "INSERT INTO history (at, org, device, peer, kid, decision, reason)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+fn parse_cidrs(texts: Vec<String>) -> Vec<Cidr> {
+    // Entries were validated when stored; an unparsable one matches nothing.
+    texts.into_iter().filter_map(|t| t.parse().ok()).collect()
+}
+
+fn insert_history(c: &Connection, at: i64, e: &Entry) -> rusqlite::Result<usize> {
+    c.prepare_cached(INSERT_HISTORY)?.execute(params![
+        at, e.org, e.device, e.peer, e.kid, e.decision, e.reason
+    ])
+}
+
+/// The history writer's connection: a batch of rows in one transaction, one fsync.
+struct SqliteHistory(Connection);
+
+impl HistorySink for SqliteHistory {
+    fn write(&mut self, batch: &[&Entry]) -> Result<()> {
+        let tx = self.0.transaction().map_err(unavailable)?;
+        let at = now();
+        for e in batch {
+            insert_history(&tx, at, e).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+}
+
+impl Rec for Sqlite {
+    fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let row = tx
+                .prepare_cached(
+                    "SELECT d.state, o.require_source FROM devices d JOIN orgs o ON o.id = d.org_id
+                     WHERE d.id = ?1",
+                )?
+                .query_row(params![device_id], |r| {
+                    Ok((
+                        parse_column(r.get(0)?, DeviceState::parse)?,
+                        r.get::<_, bool>(1)?,
+                    ))
+                })
+                .optional()?;
+            let Some((state, require_source)) = row else {
+                return Ok(None);
+            };
+            let mut sources = texts(
+                &mut *tx.prepare_cached("SELECT cidr FROM device_sources WHERE device_id = ?1")?,
+                device_id,
+            )?;
+            sources.extend(texts(
+                &mut *tx.prepare_cached(
+                    "SELECT e.cidr FROM device_netlists dn
+                     JOIN netlist_entries e ON e.netlist_id = dn.netlist_id
+                     WHERE dn.device_id = ?1",
+                )?,
+                device_id,
+            )?);
+            let allow_once = tx
+                .prepare_cached(
+                    "SELECT id FROM allow_once WHERE device_id = ?1 AND used_at IS NULL
+                     ORDER BY id LIMIT 1",
+                )?
+                .query_row(params![device_id], |r| r.get(0))
+                .optional()?;
+            let needs_approval: bool = tx
+                .prepare_cached(&format!("SELECT EXISTS ({MATCHING_GROUPS})"))?
+                .query_row(params![device_id], |r| r.get(0))?;
+            let latest_request = tx
+                .prepare_cached(
+                    "SELECT id, state, expires_at FROM unlock_requests WHERE device_id = ?1
+                     ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row(params![device_id], |r| {
+                    Ok(RequestView {
+                        id: r.get(0)?,
+                        state: parse_column(r.get(1)?, RequestState::parse)?,
+                        expires_at: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            Ok(Some(Snapshot {
+                state,
+                require_source,
+                sources: parse_cidrs(sources),
+                allow_once,
+                needs_approval,
+                latest_request,
+                now: now(),
+            }))
+        })
+    }
+
+    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let t = now();
+            let applied = match effect {
+                Effect::None => true,
+                Effect::UseAllowOnce(id) => {
+                    tx.execute(
+                        "UPDATE allow_once SET used_at = ?1 WHERE id = ?2 AND used_at IS NULL",
+                        params![t, id],
+                    )? == 1
+                }
+                Effect::UseApproval(id) => {
+                    tx.execute(
+                        "UPDATE unlock_requests SET state = 'used'
+                         WHERE id = ?1 AND state = 'approved' AND expires_at > ?2",
+                        params![id, t],
+                    )? == 1
+                }
+                Effect::CreateRequest => {
+                    // Repeated polls attach to the pending request instead of making new ones.
+                    tx.execute(
+                        "INSERT INTO unlock_requests (device_id, peer, created_at, state)
+                         SELECT ?1, ?2, ?3, 'pending'
+                         WHERE NOT EXISTS (SELECT 1 FROM unlock_requests
+                                           WHERE device_id = ?1 AND state = 'pending')",
+                        params![device_id, entry.peer, t],
+                    )?;
+                    true
+                }
+            };
+            if !applied {
+                return Ok(false);
+            }
+            insert_history(&tx, t, entry)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn history(
+        &self,
+        org: Option<&str>,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<HistoryEntry>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT at, org, device, peer, kid, decision, reason FROM history
+                 WHERE (?1 IS NULL OR org = ?1) AND (?2 IS NULL OR device = ?2)
+                 ORDER BY id DESC LIMIT ?3",
+            )?
+            .query_map(params![org, device, limit], |r| {
+                Ok(HistoryEntry {
+                    at: r.get(0)?,
+                    org: r.get(1)?,
+                    device: r.get(2)?,
+                    peer: r.get(3)?,
+                    kid: r.get(4)?,
+                    decision: r.get(5)?,
+                    reason: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn history_sink(&self) -> Result<Box<dyn HistorySink>> {
+        let conn = connect(&self.path).map_err(unavailable)?;
+        Ok(Box::new(SqliteHistory(conn)))
+    }
+
+    fn healthy(&self) -> bool {
+        self.with(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .is_ok()
+    }
+}

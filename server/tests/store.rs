@@ -1,0 +1,363 @@
+//! The store's contract, run against every backend through the `Store` interface alone. A
+//! new backend (PostgreSQL next) joins by adding itself to `backends()`.
+
+use nbde_proto::Curve;
+use nbde_server::api::Role;
+use nbde_server::keys;
+use nbde_server::policy::{DeviceState, Effect, RequestState, Verdict};
+use nbde_server::store::history::Entry;
+use nbde_server::store::{Store, StoreError};
+
+/// A fresh, empty store of each backend, with what keeps it alive.
+fn backends() -> Vec<(&'static str, Store, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(dir.path()).unwrap();
+    vec![("sqlite", sqlite, dir)]
+}
+
+/// Org "acme" with device "web1", and an approver account.
+fn seeded(store: &Store) -> i64 {
+    store
+        .add_org("acme", &keys::generate_signing_key().unwrap())
+        .unwrap();
+    let exchange = keys::generate_exchange_key(Curve::P256).unwrap();
+    store.add_device("acme", "web1", &exchange).unwrap()
+}
+
+fn entry(decision: &'static str) -> Entry {
+    Entry {
+        org: Some("acme".into()),
+        device: Some("web1".into()),
+        peer: "192.0.2.1".into(),
+        kid: None,
+        decision,
+        reason: "test".into(),
+    }
+}
+
+fn is_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+fn is_not_found<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::NotFound(_)))
+}
+
+#[test]
+fn names_are_unique_and_misses_are_not_found() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        let key = keys::generate_signing_key().unwrap();
+        assert!(is_conflict(store.add_org("acme", &key)), "{name}");
+        let exchange = keys::generate_exchange_key(Curve::P256).unwrap();
+        assert!(
+            is_conflict(store.add_device("acme", "web1", &exchange)),
+            "{name}"
+        );
+        assert!(
+            is_not_found(store.add_device("nope", "web1", &exchange)),
+            "{name}"
+        );
+        store.add_account("alice", false).unwrap();
+        assert!(is_conflict(store.add_account("alice", false)), "{name}");
+        store.group_add("acme", "g", &[], &[], 900).unwrap();
+        assert!(
+            is_conflict(store.group_add("acme", "g", &[], &[], 900)),
+            "{name}"
+        );
+        assert!(
+            is_not_found(store.group_add("acme", "h", &[], &["bob".into()], 900)),
+            "{name}"
+        );
+        assert!(is_not_found(store.org_id("nope")), "{name}");
+        assert!(is_not_found(store.netlist_rm("acme", "nope")), "{name}");
+        assert!(is_not_found(store.group_rm("acme", "nope")), "{name}");
+        assert!(is_not_found(store.revoke_token(999, None)), "{name}");
+        assert!(is_not_found(store.request_scope(999)), "{name}");
+        assert!(is_not_found(store.tags("acme", "nope")), "{name}");
+        assert!(
+            is_not_found(store.netlist_attach("acme", "web1", "nope", true)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn lifecycle_retire_deletes_keys_and_sticks() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        let jwk = keys::generate_exchange_key(Curve::P256).unwrap();
+        store.rotate_device("acme", "web1", &jwk).unwrap();
+        let devices = store.devices().unwrap();
+        assert_eq!(devices[0].exchange_keys.len(), 2, "{name}");
+        assert_eq!(
+            devices[0]
+                .exchange_keys
+                .iter()
+                .map(|(_, a)| *a)
+                .collect::<Vec<_>>(),
+            [false, true],
+            "{name}: only the newest is advertised"
+        );
+        store
+            .set_device_state("acme", "web1", DeviceState::Disabled)
+            .unwrap();
+        assert_eq!(store.devices().unwrap()[0].state, DeviceState::Disabled);
+        store
+            .set_device_state("acme", "web1", DeviceState::Retired)
+            .unwrap();
+        let device = &store.devices().unwrap()[0];
+        assert_eq!(device.state, DeviceState::Retired, "{name}");
+        assert!(device.exchange_keys.is_empty(), "{name}");
+        assert!(is_conflict(store.set_device_state(
+            "acme",
+            "web1",
+            DeviceState::Active
+        )));
+        assert!(
+            is_conflict(store.rotate_device("acme", "web1", &jwk)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn sources_netlists_and_tags_reach_the_snapshot() {
+    for (name, store, _keep) in backends() {
+        let id = seeded(&store);
+        let cidr = |s: &str| s.parse().unwrap();
+        store
+            .change_sources("acme", "web1", &[cidr("192.0.2.0/24"), cidr("::1")], true)
+            .unwrap();
+        store
+            .change_sources("acme", "web1", &[cidr("::1")], false)
+            .unwrap();
+        store
+            .netlist_add("acme", "lab", &[cidr("10.0.0.0/8")])
+            .unwrap();
+        store.netlist_attach("acme", "web1", "lab", true).unwrap();
+        store
+            .set_tags("acme", "web1", &[("tier".into(), "db".into())])
+            .unwrap();
+        store
+            .set_tags("acme", "web1", &[("tier".into(), "web".into())])
+            .unwrap();
+        assert_eq!(
+            store.sources("acme", "web1").unwrap(),
+            (vec!["192.0.2.0/24".to_owned()], vec!["lab".to_owned()]),
+            "{name}"
+        );
+        assert_eq!(
+            store.tags("acme", "web1").unwrap(),
+            [("tier".to_owned(), "web".to_owned())]
+        );
+        assert_eq!(
+            store.netlists("acme").unwrap(),
+            [("lab".to_owned(), vec!["10.0.0.0/8".to_owned()])]
+        );
+        store.set_require_source("acme", true).unwrap();
+        let snapshot = store.snapshot(id).unwrap().unwrap();
+        assert!(snapshot.require_source, "{name}");
+        let mut sources: Vec<String> = snapshot.sources.iter().map(|c| c.to_string()).collect();
+        sources.sort();
+        assert_eq!(sources, ["10.0.0.0/8", "192.0.2.0/24"], "{name}");
+        assert!(!snapshot.needs_approval, "{name}");
+        // A group requiring the device's tag makes it need approval; removing the list
+        // takes its entries out of the snapshot.
+        store
+            .group_add("acme", "webs", &[("tier".into(), "web".into())], &[], 60)
+            .unwrap();
+        store.netlist_rm("acme", "lab").unwrap();
+        let snapshot = store.snapshot(id).unwrap().unwrap();
+        assert!(snapshot.needs_approval, "{name}");
+        assert_eq!(snapshot.sources.len(), 1, "{name}");
+        assert!(store.snapshot(id + 1000).unwrap().is_none(), "{name}");
+    }
+}
+
+#[test]
+fn effects_are_guarded_so_one_request_wins() {
+    for (name, store, _keep) in backends() {
+        let id = seeded(&store);
+        let once = store.allow_once("acme", "web1", "owner").unwrap();
+        let snapshot = store.snapshot(id).unwrap().unwrap();
+        assert_eq!(snapshot.allow_once, Some(once), "{name}");
+        let effect = Effect::UseAllowOnce(once);
+        assert!(
+            store.apply(id, &effect, &entry("allowed")).unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store.apply(id, &effect, &entry("allowed")).unwrap(),
+            "{name}"
+        );
+        assert_eq!(store.snapshot(id).unwrap().unwrap().allow_once, None);
+        // Repeated polls attach to one pending request.
+        for _ in 0..3 {
+            assert!(
+                store
+                    .apply(id, &Effect::CreateRequest, &entry("pending-approval"))
+                    .unwrap()
+            );
+        }
+        let requests = store.requests(None, true).unwrap();
+        assert_eq!(requests.len(), 1, "{name}");
+        assert_eq!(requests[0].state, RequestState::Pending, "{name}");
+        // The winning effect and the losing one: only rows of applied effects are written.
+        let history = store.history(Some("acme"), Some("web1"), 100).unwrap();
+        assert_eq!(history.len(), 4, "{name}");
+        assert_eq!(
+            history[0].decision, "pending-approval",
+            "{name}: newest first"
+        );
+    }
+}
+
+#[test]
+fn request_decisions_follow_their_states() {
+    for (name, store, _keep) in backends() {
+        let id = seeded(&store);
+        let alice = store.add_account("alice", false).unwrap();
+        store
+            .set_tags("acme", "web1", &[("tier".into(), "db".into())])
+            .unwrap();
+        store
+            .group_add(
+                "acme",
+                "dbas",
+                &[("tier".into(), "db".into())],
+                &["alice".into()],
+                60,
+            )
+            .unwrap();
+        store
+            .apply(id, &Effect::CreateRequest, &entry("pending-approval"))
+            .unwrap();
+        let request = store.requests(Some(&["acme".into()]), true).unwrap()[0].id;
+        let scope = store.request_scope(request).unwrap();
+        assert_eq!((scope.org.as_str(), scope.window), ("acme", 60), "{name}");
+        assert_eq!(scope.approvers, [alice], "{name}");
+        assert!(
+            store
+                .requests(Some(&["other".into()]), false)
+                .unwrap()
+                .is_empty()
+        );
+
+        store
+            .decide_request(request, Verdict::Defer, "alice", 60)
+            .unwrap();
+        store
+            .decide_request(request, Verdict::Approve, "alice", 60)
+            .unwrap();
+        assert!(is_conflict(store.decide_request(
+            request,
+            Verdict::Defer,
+            "alice",
+            60
+        )));
+        let snapshot = store.snapshot(id).unwrap().unwrap();
+        let latest = snapshot.latest_request.unwrap();
+        assert_eq!(latest.state, RequestState::Approved, "{name}");
+        assert!(latest.expires_at.unwrap() > snapshot.now, "{name}");
+        assert!(
+            store
+                .apply(id, &Effect::UseApproval(request), &entry("allowed"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply(id, &Effect::UseApproval(request), &entry("allowed"))
+                .unwrap()
+        );
+        assert!(is_conflict(store.decide_request(
+            request,
+            Verdict::Deny,
+            "alice",
+            60
+        )));
+        let all = store.requests(None, false).unwrap();
+        assert_eq!(all[0].state, RequestState::Used, "{name}");
+        assert_eq!(all[0].decided_by.as_deref(), Some("alice"), "{name}");
+    }
+}
+
+#[test]
+fn accounts_tokens_and_roles() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        assert_eq!(store.account_count().unwrap(), 0, "{name}");
+        let bob = store.add_account("bob", false).unwrap();
+        assert_eq!(store.account_id("bob").unwrap(), bob, "{name}");
+        let token = store.add_token(bob, b"hash-1").unwrap();
+        assert_eq!(
+            store.account_by_token(b"hash-1").unwrap().unwrap().name,
+            "bob"
+        );
+        assert!(
+            store.account_by_token(b"hash-2").unwrap().is_none(),
+            "{name}"
+        );
+        store.add_member(bob, "acme", Role::Viewer).unwrap();
+        store.add_member(bob, "acme", Role::Approver).unwrap();
+        assert_eq!(
+            store.memberships(bob).unwrap(),
+            [("acme".to_owned(), Role::Approver)],
+            "{name}: a second role replaces the first"
+        );
+        // Revoking is for the token's own account (or anyone's, with None).
+        assert!(
+            is_not_found(store.revoke_token(token, Some(bob + 1))),
+            "{name}"
+        );
+        store.revoke_token(token, Some(bob)).unwrap();
+        assert!(
+            store.account_by_token(b"hash-1").unwrap().is_none(),
+            "{name}"
+        );
+        assert!(is_not_found(store.revoke_token(token, None)), "{name}");
+    }
+}
+
+#[test]
+fn audit_listing_filters_before_it_limits() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        store.audit_in(Some("acme"), "owner", "first", "x").unwrap();
+        store.audit("owner", "server-wide", "y").unwrap();
+        for i in 0..20 {
+            store
+                .audit_in(Some("other"), "owner", "noise", &i.to_string())
+                .unwrap();
+        }
+        let visible = store.audit_log(Some(&["acme".into()]), 5).unwrap();
+        assert_eq!(visible.len(), 1, "{name}");
+        assert_eq!(visible[0].action, "first", "{name}");
+        let all = store.audit_log(None, 5).unwrap();
+        assert_eq!(all.len(), 5, "{name}");
+        assert_eq!(all[0].target, "19", "{name}: newest first");
+        let both = store
+            .audit_log(Some(&["acme".into(), "other".into()]), 100)
+            .unwrap();
+        assert_eq!(
+            both.len(),
+            21,
+            "{name}: rows of no org are for administrators only"
+        );
+    }
+}
+
+#[test]
+fn the_history_sink_commits_batches() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        let mut sink = store.history_sink().unwrap();
+        let (a, b) = (entry("allowed"), entry("denied"));
+        sink.write(&[&a, &b]).unwrap();
+        let rows = store.history(None, None, 10).unwrap();
+        assert_eq!(rows.len(), 2, "{name}");
+        assert_eq!(store.history(Some("other"), None, 10).unwrap().len(), 0);
+        assert_eq!(store.history(None, None, 1).unwrap().len(), 1, "{name}");
+        assert!(store.healthy(), "{name}");
+    }
+}
