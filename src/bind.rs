@@ -260,7 +260,7 @@ pub fn regen(
     trust_anew: bool,
     ctx: &Context,
 ) -> Result<Regenerated> {
-    let old = volume.binding(slot)?.jwe.map_err(Error::Config)?;
+    let old = pin::parse(volume.binding(slot)?.jwe.map_err(Error::Config)?)?;
     let (pin_name, pinned) = inspect::config_of(&old, true)?;
     let key = new_bound_key()?;
     let (jwe, trusted_anew) = match pin::encrypt(&pin_name, &pinned, &key, ctx) {

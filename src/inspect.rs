@@ -1,7 +1,8 @@
 //! Reading bindings without changing them: clevis's `list` wording, the pin config that
 //! made a JWE (for regen and edit), and which bound tang keys a server no longer advertises.
 
-use nbde_proto::{Jwe, Jws, KeySet, ThumbprintHash};
+use nbde_proto::clevis::Sss;
+use nbde_proto::{ClevisJwe, Jws, KeySet, Pin, ThumbprintHash};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
@@ -27,41 +28,30 @@ pub fn list(volume: &mut Volume, slot: Option<u32>) -> Result<Vec<String>> {
     }
     Ok(bindings
         .into_iter()
-        .map(|b| match &b.jwe {
-            Ok(jwe) => format!("{}: {}", b.slot, describe(jwe)),
+        .map(|b| match b.jwe.map(ClevisJwe::parse) {
+            Ok(Ok(clevis)) => format!("{}: {}", b.slot, describe(&clevis)),
+            Ok(Err(e)) => format!("{}: unreadable binding ({e})", b.slot),
             Err(reason) => format!("{}: unreadable binding ({reason})", b.slot),
         })
         .collect())
 }
 
-fn clevis_member<'a>(jwe: &'a Jwe, pin: &str) -> Option<&'a Value> {
-    jwe.header().get("clevis").and_then(|c| c.get(pin))
-}
-
 /// `PIN 'CONFIG'` in clevis's own wording.
-pub fn describe(jwe: &Jwe) -> String {
-    let Ok(pin_name) = pin::pin_of(jwe) else {
-        return "unknown pin ''".into();
-    };
-    format!("{pin_name} '{}'", listed_config(jwe))
+pub fn describe(clevis: &ClevisJwe) -> String {
+    format!("{} '{}'", clevis.name(), listed_config(clevis))
 }
 
 /// The config `list` shows: tang's url, tpm2's policy, sss's threshold and children.
-pub fn listed_config(jwe: &Jwe) -> String {
-    match pin::pin_of(jwe) {
-        Ok("tang") => {
-            let url = clevis_member(jwe, "tang")
-                .and_then(|t| t.get("url"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            json!({ "url": url }).to_string()
-        }
-        Ok("tpm2") => {
-            let tpm2 = clevis_member(jwe, "tpm2");
+pub fn listed_config(clevis: &ClevisJwe) -> String {
+    match &clevis.pin {
+        Pin::Tang(tang) => json!({ "url": tang.url }).to_string(),
+        Pin::Null(null) if null.key.is_none() => json!({"fail": true}).to_string(),
+        Pin::Null(_) => "{}".into(),
+        Pin::Other { name, member } if name == "tpm2" => {
             let fields: Vec<String> = ["hash", "key", "pcr_bank", "pcr_ids", "pcr_digest"]
                 .iter()
                 .filter_map(|k| {
-                    let v = tpm2?.get(*k)?;
+                    let v = member.get(*k)?;
                     let text = v
                         .as_str()
                         .map(str::to_owned)
@@ -71,33 +61,17 @@ pub fn listed_config(jwe: &Jwe) -> String {
                 .collect();
             format!("{{{}}}", fields.join(","))
         }
-        Ok("sss") => listed_sss(jwe),
-        _ => String::new(),
+        Pin::Other { .. } => "{}".into(),
+        Pin::Sss(sss) => listed_sss(sss),
     }
 }
 
-fn sss_children(jwe: &Jwe) -> impl Iterator<Item = Jwe> + '_ {
-    clevis_member(jwe, "sss")
-        .and_then(|s| s.get("jwe"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|child| child.as_str().and_then(|c| Jwe::parse_compact(c).ok()))
-}
-
-fn listed_sss(jwe: &Jwe) -> String {
-    let t = clevis_member(jwe, "sss")
-        .and_then(|s| s.get("t"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+fn listed_sss(sss: &Sss) -> String {
     let mut by_pin: Vec<(&str, Vec<String>)> =
         vec![("tang", vec![]), ("tpm2", vec![]), ("sss", vec![])];
-    for child in sss_children(jwe) {
-        let Ok(name) = pin::pin_of(&child) else {
-            continue;
-        };
-        if let Some((_, list)) = by_pin.iter_mut().find(|(pin, _)| *pin == name) {
-            list.push(listed_config(&child));
+    for child in sss.children.iter().flatten() {
+        if let Some((_, list)) = by_pin.iter_mut().find(|(pin, _)| *pin == child.name()) {
+            list.push(listed_config(child));
         }
     }
     let mut parts = Vec::new();
@@ -109,61 +83,53 @@ fn listed_sss(jwe: &Jwe) -> String {
             (name, _) => parts.push(format!("\"{name}\":[{}]", configs.join(","))),
         }
     }
-    format!("{{\"t\":{t},\"pins\":{{{}}}}}", parts.join(","))
+    format!(
+        "{{\"t\":{},\"pins\":{{{}}}}}",
+        sss.threshold,
+        parts.join(",")
+    )
 }
 
-/// The pin config that made `jwe`, for rebinding: tang keeps its url and CA file, and,
+/// The pin config that made `clevis`, for rebinding: tang keeps its url and CA file, and,
 /// when `pinned`, stays pinned to the signing key it trusted before (the recorded `thp`,
 /// or for a stock clevis binding the first signing key of its stored adv), with the old
 /// keys allowed to vouch for it. sss keeps its threshold and children.
-pub fn config_of(jwe: &Jwe, pinned: bool) -> Result<(String, Value)> {
-    let pin_name = pin::pin_of(jwe)?.to_owned();
-    let config = match pin_name.as_str() {
-        "tang" => {
-            let tang = clevis_member(jwe, "tang")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
+pub fn config_of(clevis: &ClevisJwe, pinned: bool) -> Result<(String, Value)> {
+    let config = match &clevis.pin {
+        Pin::Tang(tang) => {
             let mut config = Map::new();
-            for member in ["url", "cacert"] {
-                if let Some(v) = tang.get(member) {
-                    config.insert(member.into(), v.clone());
-                }
+            config.insert("url".into(), tang.url.clone().into());
+            if let Some(cacert) = &tang.cacert {
+                config.insert("cacert".into(), cacert.clone().into());
             }
-            let old_keys = tang.get("adv").and_then(|adv| KeySet::from_value(adv).ok());
-            let recorded = tang.get("thp").and_then(Value::as_str).map(str::to_owned);
-            let thp = recorded.or_else(|| {
-                let first = old_keys.as_ref()?.signing_keys().next()?;
+            let thp = tang.thp.clone().or_else(|| {
+                let first = tang.adv.signing_keys().next()?;
                 first.thumbprint(ThumbprintHash::S256).ok()
             });
             if pinned && let Some(thp) = thp {
                 config.insert("thp".into(), thp.into());
-                if let Some(old_keys) = old_keys {
-                    config.insert("trusted_keys".into(), old_keys.to_value());
-                }
+                config.insert("trusted_keys".into(), tang.adv.to_value());
             }
             Value::Object(config)
         }
-        "null" => clevis_member(jwe, "null")
-            .filter(|n| n.get("jwk").is_none())
-            .map_or(json!({}), |_| json!({"fail": true})),
-        "sss" => {
-            let t = clevis_member(jwe, "sss")
-                .and_then(|s| s.get("t"))
-                .cloned()
-                .unwrap_or(json!(1));
+        Pin::Null(null) if null.key.is_none() => json!({"fail": true}),
+        Pin::Null(_) => json!({}),
+        Pin::Sss(sss) => {
             let mut pins: Map<String, Value> = Map::new();
-            for child in sss_children(jwe) {
-                let (name, config) = config_of(&child, pinned)?;
+            for child in &sss.children {
+                let child = child
+                    .as_ref()
+                    .map_err(|e| Error::proto("sss child JWE")(e.clone()))?;
+                let (name, config) = config_of(child, pinned)?;
                 if let Value::Array(list) = pins.entry(name).or_insert_with(|| json!([])) {
                     list.push(config);
                 }
             }
-            json!({"t": t, "pins": pins})
+            json!({"t": sss.threshold, "pins": pins})
         }
-        other => return Err(Error::UnsupportedPin(other.to_owned())),
+        Pin::Other { name, .. } => return Err(Error::UnsupportedPin(name.clone())),
     };
-    Ok((pin_name, config))
+    Ok((clevis.name().to_owned(), config))
 }
 
 /// A tang server of a binding and the thumbprints of its bound keys that the server's
@@ -174,44 +140,24 @@ pub struct Rotation {
     pub missing: Vec<String>,
 }
 
-fn tang_members(jwe: &Jwe, out: &mut Vec<Map<String, Value>>) {
-    match pin::pin_of(jwe) {
-        Ok("tang") => {
-            if let Some(tang) = clevis_member(jwe, "tang").and_then(Value::as_object) {
-                out.push(tang.clone());
-            }
-        }
-        Ok("sss") => sss_children(jwe).for_each(|child| tang_members(&child, out)),
-        _ => {}
-    }
-}
-
 /// For each tang server of `slot`'s binding (through sss too), the bound keys it no longer
 /// advertises, as `clevis luks report` compares them. A server that cannot be asked, or
 /// whose advertisement does not verify, is an error: nothing can be said about it.
 pub fn report(volume: &mut Volume, slot: u32, ctx: &Context) -> Result<Vec<Rotation>> {
     let jwe = volume.binding(slot)?.jwe.map_err(Error::Config)?;
-    let mut servers = Vec::new();
-    tang_members(&jwe, &mut servers);
+    let clevis = pin::parse(jwe)?;
     let mut rotations = Vec::new();
-    for tang in servers {
-        let url = tang.get("url").and_then(Value::as_str).unwrap_or_default();
-        let cacert = tang.get("cacert").and_then(Value::as_str);
-        let bound = tang
-            .get("adv")
-            .map(KeySet::from_value)
-            .transpose()
-            .map_err(Error::proto("clevis.tang.adv"))?
-            .ok_or_else(|| Error::Config(format!("{url}: binding holds no keys")))?;
-        let current = current_keys(url, cacert, ctx)?;
-        let missing = bound
+    for tang in clevis.tang_pins() {
+        let current = current_keys(&tang.url, tang.cacert.as_deref(), ctx)?;
+        let missing = tang
+            .adv
             .keys()
             .iter()
             .filter_map(|key| key.thumbprint(ThumbprintHash::S256).ok())
             .filter(|thp| !current.keys().iter().any(|k| k.matches_thumbprint(thp)))
             .collect();
         rotations.push(Rotation {
-            url: url.to_owned(),
+            url: tang.url.clone(),
             missing,
         });
     }

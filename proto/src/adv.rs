@@ -13,10 +13,6 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    pub fn new(keys: Vec<Jwk>) -> KeySet {
-        KeySet { keys }
-    }
-
     /// Reads `{"keys":[…]}` without checking any signature: for the copy that a JWE header
     /// carries, which the JWE's own tag authenticates.
     pub fn from_value(value: &Value) -> Result<KeySet> {

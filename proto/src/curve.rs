@@ -134,6 +134,13 @@ impl EcPoint {
         &self.y
     }
 
+    /// Overwrites the coordinates with zeros (for points that are secrets).
+    pub(crate) fn zeroize_coordinates(&mut self) {
+        use zeroize::Zeroize;
+        self.x.zeroize();
+        self.y.zeroize();
+    }
+
     /// `k·self`. Fails only if the curves differ (a valid scalar on a valid point of
     /// prime order never gives the identity).
     pub fn mul(&self, k: &EcScalar) -> Result<EcPoint> {

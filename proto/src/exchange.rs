@@ -31,8 +31,25 @@ impl Blinded {
         if reply.curve() != self.request.curve() || server_key.curve() != self.request.curve() {
             return Err(Error::CurveMismatch);
         }
-        let shared = reply.sub(&server_key.mul(&self.ephemeral)?)?;
-        Ok(Zeroizing::new(shared.x().to_vec()))
+        // Both e·S and c·S = y − e·S give the shared secret away: secret points.
+        let blinding = SecretPoint(server_key.mul(&self.ephemeral)?);
+        let shared = SecretPoint(reply.sub(&blinding.0)?);
+        Ok(Zeroizing::new(shared.0.x().to_vec()))
+    }
+}
+
+/// A point that reveals the shared secret: zeroized when dropped, never printed.
+pub struct SecretPoint(EcPoint);
+
+impl Drop for SecretPoint {
+    fn drop(&mut self) {
+        self.0.zeroize_coordinates();
+    }
+}
+
+impl std::fmt::Debug for SecretPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretPoint({}, <redacted>)", self.0.curve().name())
     }
 }
 
@@ -75,6 +92,14 @@ mod tests {
             // Two recoveries send unlinkable requests.
             assert_ne!(blind(&epk).unwrap().request(), blinded.request());
         }
+    }
+
+    #[test]
+    fn secret_points_are_never_printed() {
+        let point = Curve::P256.random_scalar().unwrap().public_point();
+        let x = crate::b64::encode(point.x());
+        let text = format!("{:?}", SecretPoint(point));
+        assert!(!text.contains(&x) && text.contains("redacted"), "{text}");
     }
 
     #[test]

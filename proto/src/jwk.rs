@@ -74,10 +74,6 @@ impl Jwk {
         }
     }
 
-    pub fn from_map(map: Map<String, Value>) -> Jwk {
-        Jwk(map)
-    }
-
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }

@@ -3,6 +3,7 @@
 
 pub mod adv;
 pub mod b64;
+pub mod clevis;
 pub mod curve;
 pub mod error;
 pub mod exchange;
@@ -13,6 +14,7 @@ pub mod kdf;
 pub mod sss;
 
 pub use adv::KeySet;
+pub use clevis::{ClevisJwe, Pin};
 pub use curve::{Curve, EcPoint, EcScalar};
 pub use error::{Error, Result};
 pub use jwe::Jwe;

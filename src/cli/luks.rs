@@ -201,14 +201,13 @@ pub fn report(a: ReportArgs) -> Result<ExitCode> {
 
 pub fn regen(a: RegenArgs) -> Result<ExitCode> {
     let mut volume = Volume::open(&a.device)?;
-    let binding = volume.binding(a.slot)?;
-    let jwe = binding.jwe.map_err(Error::Config)?;
+    let clevis = pin::parse(volume.binding(a.slot)?.jwe.map_err(Error::Config)?)?;
     println!(
         "Regenerating binding (device {}, slot {}):\nPin: {}, Config: '{}'",
         a.device.display(),
         a.slot,
-        pin::pin_of(&jwe)?,
-        inspect::listed_config(&jwe)
+        clevis.name(),
+        inspect::listed_config(&clevis)
     );
     if !a.quiet && !tty::confirm("Do you want to proceed? [ynYN] ", "confirm (use -q)")? {
         return Ok(ExitCode::SUCCESS);
@@ -229,9 +228,9 @@ pub fn regen(a: RegenArgs) -> Result<ExitCode> {
 
 pub fn edit(a: EditArgs) -> Result<ExitCode> {
     let mut volume = Volume::open(&a.device)?;
-    let jwe = volume.binding(a.slot)?.jwe.map_err(Error::Config)?;
-    let pin_name = pin::pin_of(&jwe)?.to_owned();
-    let current: Value = serde_json::from_str(&inspect::listed_config(&jwe))
+    let clevis = pin::parse(volume.binding(a.slot)?.jwe.map_err(Error::Config)?)?;
+    let pin_name = clevis.name().to_owned();
+    let current: Value = serde_json::from_str(&inspect::listed_config(&clevis))
         .map_err(|e| Error::Config(format!("current config of keyslot {}: {e}", a.slot)))?;
     let new = match &a.config {
         Some(text) => parse_config(text)

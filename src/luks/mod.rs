@@ -313,20 +313,12 @@ impl Volume {
         if self.format == Format::Luks2 {
             // Unlockers that try slots in order (systemd-cryptsetup, cryptroot) then try
             // this cheap slot before an Argon2 passphrase slot.
-            self.set_prefer(slot)?;
+            self.device
+                .keyslot_handle()
+                .set_priority(slot, KeyslotPriority::Prefer)
+                .map_err(luks_error("set keyslot priority"))?;
         }
         Ok(slot)
-    }
-
-    pub fn set_prefer(&mut self, slot: u32) -> Result<()> {
-        self.device
-            .keyslot_handle()
-            .set_priority(slot, KeyslotPriority::Prefer)
-            .map_err(luks_error("set keyslot priority"))
-    }
-
-    pub fn priority(&mut self, slot: u32) -> Option<KeyslotPriority> {
-        self.device.keyslot_handle().get_priority(slot).ok()
     }
 
     pub fn destroy_keyslot(&mut self, slot: u32) -> Result<()> {

@@ -5,7 +5,7 @@ pub mod null;
 pub mod sss;
 pub mod tang;
 
-use nbde_proto::Jwe;
+use nbde_proto::{ClevisJwe, Jwe, Pin};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -41,36 +41,23 @@ pub fn encrypt(pin: &str, config: &Value, plaintext: &[u8], ctx: &Context) -> Re
     }
 }
 
-/// The pin named in a JWE's `clevis.pin` header member.
-pub fn pin_of(jwe: &Jwe) -> Result<&str> {
-    jwe.header()
-        .get("clevis")
-        .and_then(|c| c.get("pin"))
-        .and_then(Value::as_str)
-        .ok_or(Error::Proto {
-            step: "JWE header",
-            source: nbde_proto::Error::Missing("clevis.pin"),
-        })
+/// Parses a Clevis JWE's pin once; what every recovery and inspection works on.
+pub fn parse(jwe: Jwe) -> Result<ClevisJwe> {
+    ClevisJwe::parse(jwe).map_err(Error::proto("JWE header"))
 }
 
 /// Recovers the plaintext of a Clevis JWE.
 pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-    match pin_of(jwe)? {
-        "tang" => tang::decrypt(jwe, ctx),
-        "sss" => sss::decrypt(jwe, ctx),
-        "null" => null::decrypt(jwe),
-        other => Err(unsupported(other)),
-    }
+    recover(&parse(jwe.clone())?, ctx)
 }
 
-/// `header.clevis.<pin>`, the pin's own header object.
-fn pin_header<'a>(jwe: &'a Jwe, pin: &'static str, path: &'static str) -> Result<&'a Value> {
-    jwe.header()
-        .get("clevis")
-        .and_then(|c| c.get(pin))
-        .filter(|v| v.is_object())
-        .ok_or(Error::Proto {
-            step: "JWE header",
-            source: nbde_proto::Error::Missing(path),
-        })
+/// Recovers the plaintext of a parsed Clevis JWE. Only the exchange itself happens here
+/// (tang: blind, POST, unblind, KDF, AES-GCM), so a retry redoes nothing else.
+pub fn recover(clevis: &ClevisJwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    match &clevis.pin {
+        Pin::Tang(tang) => tang::recover(tang, &clevis.jwe, ctx),
+        Pin::Sss(sss) => sss::recover(sss, &clevis.jwe, ctx),
+        Pin::Null(null) => null::recover(null, &clevis.jwe),
+        Pin::Other { name, .. } => Err(unsupported(name)),
+    }
 }

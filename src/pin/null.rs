@@ -3,11 +3,11 @@
 //! decryption fails. Useful for tests and for sss policies that need a child that always
 //! (or never) answers.
 
+use nbde_proto::clevis::Null;
 use nbde_proto::{Jwe, b64};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use super::pin_header;
 use crate::error::{Error, Result};
 
 /// A256GCM key length.
@@ -44,20 +44,10 @@ pub fn encrypt(config: &Value, plaintext: &[u8]) -> Result<Jwe> {
     Jwe::encrypt_dir(header, &key[..], plaintext).map_err(Error::proto("encrypt"))
 }
 
-pub fn decrypt(jwe: &Jwe) -> Result<Zeroizing<Vec<u8>>> {
-    let null = pin_header(jwe, "null", "clevis.null")?;
-    let k = null
-        .get("jwk")
-        .and_then(|jwk| jwk.get("k"))
-        .and_then(Value::as_str)
+pub fn recover(null: &Null, jwe: &Jwe) -> Result<Zeroizing<Vec<u8>>> {
+    let key = null
+        .key
+        .as_ref()
         .ok_or_else(|| Error::Config("null pin: bound to fail (no key in the JWE)".into()))?;
-    let key =
-        Zeroizing::new(b64::decode(k, "clevis.null.jwk.k").map_err(Error::proto("JWE header"))?);
-    if key.len() != KEY_LEN {
-        return Err(Error::Proto {
-            step: "JWE header",
-            source: nbde_proto::Error::Invalid("clevis.null.jwk.k"),
-        });
-    }
-    jwe.decrypt(&key).map_err(Error::proto("decrypt"))
+    jwe.decrypt(key).map_err(Error::proto("decrypt"))
 }

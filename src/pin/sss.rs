@@ -1,13 +1,14 @@
 //! The sss pin: Shamir's secret sharing over child pins, which may be sss again.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
+use nbde_proto::clevis::Sss;
 use nbde_proto::sss::{self, Polynomial, SHARE_LEN};
 use nbde_proto::{Jwe, b64};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use super::{Context, pin_header};
+use super::Context;
 use crate::error::{Error, Result};
 
 /// `(pin, config)` pairs from `{"pins": {"tang": [cfg, …], "sss": cfg}}`.
@@ -75,51 +76,26 @@ pub fn encrypt(config: &Value, plaintext: &[u8], ctx: &Context) -> Result<Jwe> {
     Jwe::encrypt_dir(header, &polynomial.secret()[..], plaintext).map_err(Error::proto("encrypt"))
 }
 
-/// Decrypts the children in parallel and stops as soon as `t` of them succeeded, or as
+/// Recovers the children in parallel and stops as soon as `t` of them succeeded, or as
 /// soon as so many failed that `t` can no longer be reached. Slow children are left to
 /// finish within their own timeouts; nothing waits for them.
-pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-    let header = pin_header(jwe, "sss", "clevis.sss")?;
-    let missing = |field| Error::Proto {
-        step: "JWE header",
-        source: nbde_proto::Error::Missing(field),
-    };
-    let prime = header
-        .get("p")
-        .and_then(Value::as_str)
-        .ok_or_else(|| missing("clevis.sss.p"))?;
-    let prime = b64::decode(prime, "clevis.sss.p").map_err(Error::proto("JWE header"))?;
-    let threshold = header
-        .get("t")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| missing("clevis.sss.t"))?;
-    let children = header
-        .get("jwe")
-        .and_then(Value::as_array)
-        .ok_or_else(|| missing("clevis.sss.jwe"))?;
-    let children = children
-        .iter()
-        .map(|c| {
-            c.as_str()
-                .ok_or_else(|| missing("clevis.sss.jwe[] as compact JWE"))
-                .and_then(|s| Jwe::parse_compact(s).map_err(Error::proto("sss child JWE")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if threshold < 1 || threshold > children.len() as u64 {
-        return Err(Error::Proto {
-            step: "JWE header",
-            source: nbde_proto::Error::Invalid("clevis.sss.t"),
-        });
-    }
-    let needed = threshold as usize;
-    let total = children.len();
-
+pub fn recover(sss: &Sss, jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    let needed = sss.threshold;
+    let total = sss.children.len();
     let (sender, receiver) = mpsc::channel();
-    for child in children {
+    let mut failures = Vec::new();
+    for child in &sss.children {
+        let child = match child {
+            Ok(child) => Arc::clone(child),
+            Err(e) => {
+                failures.push(Error::proto("sss child JWE")(e.clone()));
+                continue;
+            }
+        };
         let sender = sender.clone();
         let ctx = *ctx;
         std::thread::spawn(move || {
-            let result = super::decrypt(&child, &ctx).and_then(|share| {
+            let result = super::recover(&child, &ctx).and_then(|share| {
                 if share.len() == SHARE_LEN {
                     Ok(share)
                 } else {
@@ -136,14 +112,15 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
     drop(sender);
 
     let mut shares: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(needed);
-    let mut failures = Vec::new();
-    for result in receiver {
-        match result {
-            Ok(share) => shares.push(share),
-            Err(e) => failures.push(e),
-        }
-        if shares.len() == needed || total - failures.len() < needed {
-            break;
+    if total - failures.len() >= needed {
+        for result in receiver {
+            match result {
+                Ok(share) => shares.push(share),
+                Err(e) => failures.push(e),
+            }
+            if shares.len() == needed || total - failures.len() < needed {
+                break;
+            }
         }
     }
     if shares.len() < needed {
@@ -154,6 +131,6 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
         });
     }
     let views: Vec<&[u8]> = shares.iter().map(|s| &s[..]).collect();
-    let key = sss::recover(&prime, &views).map_err(Error::proto("sss recover"))?;
+    let key = sss::recover(&sss.prime, &views).map_err(Error::proto("sss recover"))?;
     jwe.decrypt(&key[..]).map_err(Error::proto("decrypt"))
 }

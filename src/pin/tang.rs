@@ -3,13 +3,14 @@
 
 use std::io::{BufRead, Write};
 
+use nbde_proto::clevis::Tang;
 use nbde_proto::exchange;
 use nbde_proto::jwe::ecdh_es_cek;
 use nbde_proto::{Jwe, Jwk, Jws, KeySet, ThumbprintHash};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use super::{Context, pin_header};
+use super::Context;
 use crate::error::{Error, Result};
 use crate::http::{Client, http_url};
 
@@ -194,51 +195,14 @@ pub fn encrypt(config: &Value, plaintext: &[u8], ctx: &Context) -> Result<Jwe> {
     Jwe::encrypt_ecdh_es(header, &server_point, plaintext).map_err(Error::proto("encrypt"))
 }
 
-pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-    let tang = pin_header(jwe, "tang", "clevis.tang")?;
-    let header_error = |field| Error::Proto {
-        step: "JWE header",
-        source: nbde_proto::Error::Missing(field),
-    };
-    let url = tang
-        .get("url")
-        .and_then(Value::as_str)
-        .ok_or_else(|| header_error("clevis.tang.url"))?;
-    let adv = tang
-        .get("adv")
-        .ok_or_else(|| header_error("clevis.tang.adv"))?;
-    let cacert = tang.get("cacert").and_then(Value::as_str);
-    let kid = jwe.header_str("kid").map_err(Error::proto("JWE header"))?;
-    if kid.is_empty()
-        || !kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(Error::Proto {
-            step: "JWE header",
-            source: nbde_proto::Error::Invalid("kid"),
-        });
-    }
-
-    let keys = KeySet::from_value(adv).map_err(Error::proto("clevis.tang.adv"))?;
-    let server_key = keys
-        .find(kid)
-        .ok_or_else(|| header_error("clevis.tang.adv key matching kid"))?
-        .point()
-        .map_err(Error::proto("exchange key"))?;
-    let epk = jwe.epk().map_err(Error::proto("JWE epk"))?;
-    if epk.curve() != server_key.curve() {
-        return Err(Error::Proto {
-            step: "JWE epk",
-            source: nbde_proto::Error::CurveMismatch,
-        });
-    }
-
-    let blinded = exchange::blind(&epk).map_err(Error::proto("blind"))?;
+/// The exchange with the server, on a tang pin parsed once: blind the stored epk, POST,
+/// check the reply, unblind, derive the key, decrypt.
+pub fn recover(tang: &Tang, jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    let blinded = exchange::blind(&tang.epk).map_err(Error::proto("blind"))?;
     let mut request = Jwk::from_point(blinded.request());
     request.set("alg", "ECMR".into());
-    let rec_url = format!("{}/rec/{kid}", base(&http_url(url)?));
-    let client = Client::new(ctx.timeouts, cacert, &rec_url)?;
+    let rec_url = format!("{}/rec/{}", base(&http_url(&tang.url)?), tang.kid);
+    let client = Client::new(ctx.timeouts, tang.cacert.as_deref(), &rec_url)?;
     let body = client.post(
         &rec_url,
         "application/jwk+json",
@@ -253,11 +217,11 @@ pub fn decrypt(jwe: &Jwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
     let reply = Jwk::from_value(reply)
         .and_then(|k| k.point())
         .map_err(|e| reply_error(e.to_string()))?;
-    if reply.curve() != epk.curve() {
+    if reply.curve() != tang.epk.curve() {
         return Err(reply_error("point on another curve".into()));
     }
     let z = blinded
-        .unblind(&reply, &server_key)
+        .unblind(&reply, &tang.server_key)
         .map_err(|e| reply_error(e.to_string()))?;
     jwe.decrypt(&ecdh_es_cek(&z)).map_err(|e| match e {
         // A wrong answer from the server shows up as a failed tag.
