@@ -1,7 +1,8 @@
 //! The HTTP(S) client the tang pin uses: ureq over rustls with the ring provider, bounded
 //! in time and size, trusting the system CA bundle or one CA file.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
@@ -71,25 +72,47 @@ fn load_certificates(path: &str) -> Result<Vec<Certificate<'static>>> {
     Ok(certs)
 }
 
+/// The trusted roots for `cacert` (or the system bundle), read once per process: boot
+/// retries every few seconds, and parsing a system bundle costs more than a recovery.
+fn roots(cacert: Option<&str>) -> Result<Arc<Vec<Certificate<'static>>>> {
+    type Cache = Mutex<HashMap<Option<String>, Arc<Vec<Certificate<'static>>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    let key = cacert.map(str::to_owned);
+    if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(Arc::clone(found));
+    }
+    let certs = match cacert {
+        Some(path) => load_certificates(path)?,
+        None => SYSTEM_CA_BUNDLES
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| load_certificates(p))
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    let certs = Arc::new(certs);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, Arc::clone(&certs));
+    Ok(certs)
+}
+
 impl Client {
     /// A client for `url`, trusting `cacert` if given, else the system bundle (none found
     /// means HTTPS fails: we never fall back to an unverified connection). The roots are
     /// read only for an https URL: parsing the system bundle costs more than a loopback
     /// recovery.
     pub fn new(timeouts: Timeouts, cacert: Option<&str>, url: &str) -> Result<Client> {
-        let certs = match cacert {
-            _ if !url.starts_with("https://") => Vec::new(),
-            Some(path) => load_certificates(path)?,
-            None => SYSTEM_CA_BUNDLES
-                .iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .map(|p| load_certificates(p))
-                .transpose()?
-                .unwrap_or_default(),
+        let certs = if url.starts_with("https://") {
+            roots(cacert)?
+        } else {
+            Arc::new(Vec::new())
         };
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
-            .root_certs(RootCerts::Specific(Arc::new(certs)))
+            .root_certs(RootCerts::Specific(certs))
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .build();
         let config = ureq::Agent::config_builder()
