@@ -10,6 +10,8 @@ t0=$(date +%s.%N)
 stamp() { printf '%8.1f s  %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$1"; }
 
 qemu_install_host_packages
+# Debian 12's cargo (1.63) is too old for this workspace (rust-version in Cargo.toml).
+command -v cargo >/dev/null || { echo "demo.sh: needs cargo on PATH, Rust 1.90 or newer (rustup.rs)" >&2; exit 1; }
 (cd "$REPO" && cargo build --release --locked -q -p nbde-unlock -p nbde-server)
 release=$(qemu_release_dir)
 stamp "host packages in place; built nbde-unlock and nbde-server in $release"
