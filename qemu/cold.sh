@@ -4,7 +4,7 @@
 # qemu_kernel must print that kernel's directory and nothing else, complete; and a fill
 # killed half way must leave nothing a later run trusts. The chroot caches' fill is run
 # with a stand-in for debootstrap and apt (minutes; NBDE_COLD=1 in tests/run.sh runs those)
-# and killed the same way. About 35 s here once the release build is done (the kernel .deb,
+# and killed half way too. About 35 s here once the release build is done (the kernel .deb,
 # 70 MB, is fetched twice; one boot); tests/run.sh runs it every time.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
