@@ -36,7 +36,7 @@ def argon_image(path, keyfile):
 
 def build(root, name, kver, out, with_ours, add=""):
     if with_ours:
-        chroots.install_ours(root, name)
+        chroots.install_ours(root, name, scenarios.UNLOCK)
     if name == "dracut":
         # Non-hostonly dracut takes every module whose check passes: leave ours out of the
         # images that are not about it.
@@ -60,8 +60,8 @@ def timed_boot(kdir, initrd, image, append, port, log):
 
 
 def main():
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "nbde-unlock"], cwd=ROOT, check=True)
-    kdir = scenarios.lib("qemu_kernel")
+    scenarios.build("nbde-unlock")
+    kdir = scenarios.kernel()
     kver = open(os.path.join(kdir, "version")).read().strip()
     work = tempfile.mkdtemp(prefix="nbde-bootbench-")
     keys = os.path.join(work, "tang")
@@ -77,7 +77,7 @@ def main():
     rows = []
     try:
         for name in ["dracut", "initramfs-tools"]:
-            gen = chroots.ChrootGenerator(name, kdir, work)
+            gen = chroots.ChrootGenerator(name, kdir, work, scenarios.UNLOCK)
             # Stock clevis: its own chroot (our files absent), bound by stock clevis.
             saved = chroots.PACKAGES[name]
             chroots.PACKAGES[name] = saved + CLEVIS[name]

@@ -3,6 +3,7 @@
 package list changes; our module files and binary are copied in fresh for every image.
 Chroot commands run inside `unshare --mount`, so nothing stays mounted on the host.
 """
+import fcntl
 import hashlib
 import os
 import re
@@ -48,12 +49,35 @@ chroot '{root}' /bin/sh -ec "$1"
                    check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C"))
 
 
+def cached(path, fill):
+    """The cache directory `path`, made by fill(tmp) on first use. Filled under a lock (a
+    concurrent run waits, then finds it done) into path.tmp, marked .done and renamed, so a
+    run killed half way leaves nothing a later run trusts."""
+    done = os.path.join(path, ".done")
+    if os.path.exists(done):
+        return path
+    os.makedirs(CACHE, exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(done):
+            return path
+        tmp = path + ".tmp"
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp)  # what a killed fill left
+        fill(tmp)
+        open(os.path.join(tmp, ".done"), "w").close()
+        if os.path.lexists(path):
+            shutil.rmtree(path)  # an unfinished one from before fills were renamed into place
+        os.rename(tmp, path)
+    return path
+
+
 def base():
     """A bookworm minbase with updates and security, shared by both generators."""
-    path = os.path.join(CACHE, "chroot-base")
-    if os.path.exists(os.path.join(path, ".done")):
-        return path
-    shutil.rmtree(path, ignore_errors=True)
+    return cached(os.path.join(CACHE, "chroot-base"), fill_base)
+
+
+def fill_base(path):
     url = mirror()
     subprocess.run(["debootstrap", "--variant=minbase", "bookworm", path, url], check=True,
                    stdout=subprocess.DEVNULL)
@@ -64,17 +88,16 @@ def base():
     with open(os.path.join(path, "usr/sbin/policy-rc.d"), "w") as f:
         f.write("#!/bin/sh\nexit 101\n")
     os.chmod(os.path.join(path, "usr/sbin/policy-rc.d"), 0o755)
-    open(os.path.join(path, ".done"), "w").close()
-    return path
 
 
 def chroot(name):
+    """The base with the generator's packages, cached per package list."""
     packages = PACKAGES[name]
     digest = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:12]
-    path = os.path.join(CACHE, f"chroot-{name}-{digest}")
-    if os.path.exists(os.path.join(path, ".done")):
-        return path
-    shutil.rmtree(path, ignore_errors=True)
+    return cached(os.path.join(CACHE, f"chroot-{name}-{digest}"), lambda path: fill_chroot(name, packages, path))
+
+
+def fill_chroot(name, packages, path):
     subprocess.run(["cp", "-a", base(), path], check=True)
     if name == "initramfs-tools":
         os.makedirs(os.path.join(path, "etc/cryptsetup-initramfs"), exist_ok=True)
@@ -84,13 +107,12 @@ def chroot(name):
             f.write(f"cryptroot UUID={UUID} none luks,initramfs\n")
     in_chroot(path, "apt-get update -qq && apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "
                     + " ".join(packages) + " >/dev/null")
-    open(os.path.join(path, ".done"), "w").close()
-    return path
 
 
-def install_ours(root, name):
-    """Our binary and integration files, fresh for each image."""
-    shutil.copy(os.path.join(REPO, "target/release/nbde-unlock"), os.path.join(root, "usr/bin/nbde-unlock"))
+def install_ours(root, name, unlock):
+    """Our binary (the nbde-unlock at path `unlock`) and integration files, fresh for each
+    image."""
+    shutil.copy(unlock, os.path.join(root, "usr/bin/nbde-unlock"))
     if name == "dracut":
         dest = os.path.join(root, "usr/lib/dracut/modules.d/90nbde-unlock")
         shutil.rmtree(dest, ignore_errors=True)
@@ -104,9 +126,10 @@ def install_ours(root, name):
 
 
 class ChrootGenerator:
-    def __init__(self, name, kdir, build):
+    def __init__(self, name, kdir, build, unlock):
         self.name = name
         self.build = build
+        self.unlock = unlock
         self.kver = open(os.path.join(kdir, "version")).read().strip()
         self.path = None
         if name == "dracut":
@@ -121,7 +144,7 @@ class ChrootGenerator:
         if self.path:
             return self.path
         root = chroot(self.name)
-        install_ours(root, self.name)
+        install_ours(root, self.name, self.unlock)
         out = f"/boot/initrd.nbde-{self.name}"
         if self.name == "dracut":
             in_chroot(root, f"dracut --force --no-hostonly --add nbde-unlock --kver {self.kver} {out} 2>/dev/null")
@@ -132,7 +155,7 @@ class ChrootGenerator:
         return self.path
 
 
-def generator(name, kdir, build):
+def generator(name, kdir, build, unlock):
     if name not in PACKAGES:
         raise SystemExit(f"unknown generator {name!r}: minimal, dracut or initramfs-tools")
-    return ChrootGenerator(name, kdir, build)
+    return ChrootGenerator(name, kdir, build, unlock)

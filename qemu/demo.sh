@@ -10,18 +10,22 @@ t0=$(date +%s.%N)
 stamp() { printf '%8.1f s  %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$1"; }
 
 qemu_install_host_packages
-command -v bc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bc >/dev/null
+# Debian 12's cargo (1.63) is too old for this workspace (rust-version in Cargo.toml).
+command -v cargo >/dev/null || { echo "demo.sh: needs cargo on PATH, Rust 1.90 or newer (rustup.rs)" >&2; exit 1; }
 (cd "$REPO" && cargo build --release --locked -q -p nbde-unlock -p nbde-server)
+release=$(qemu_release_dir)
+stamp "host packages in place; built nbde-unlock and nbde-server in $release"
 kdir=$(qemu_kernel)
-stamp "built nbde-unlock and nbde-server; kernel $(cat "$kdir/version")"
+[ -f "$kdir/vmlinux" ] || { echo "qemu_kernel printed '$kdir', not a kernel directory" >&2; exit 1; }
+stamp "kernel $(cat "$kdir/version") in $kdir"
 
 work=$(mktemp -d)
 server_pid=
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-server=$REPO/target/release/nbde-server
-unlock=$REPO/target/release/nbde-unlock
+server=$release/nbde-server
+unlock=$release/nbde-unlock
 export NBDE_TOKEN
 NBDE_TOKEN=$("$server" init --data "$work/data" 2>/dev/null | tail -n 1)
 "$server" serve --data "$work/data" --listen 127.0.0.1:0 --public-url "http://10.0.2.100" \
@@ -57,8 +61,11 @@ python3 "$here/boot.py" --kernel "$kdir/vmlinux" --initrd "$work/initrd.gz" --di
     --expect "keyslot opened through the network=opened through the network" \
     --expect "root mounted=NBDE-ROOT-MOUNTED" |
     while read -r at unit label; do
-        printf '%8.1f s  guest: %s\n' "$(echo "$boot_start - $t0 + $at" | bc)" "$label"
-    done
+        case $at in
+        FAIL:) echo "$at $unit $label" ;;
+        *) printf '%8.1f s  guest: %s\n' "$(echo "$boot_start - $t0 + $at" | bc)" "$label" ;;
+        esac
+    done || true  # a failed boot is reported from the serial log below, not by set -e
 grep -q "NBDE-ROOT-MOUNTED" "$work/serial.log" || { echo "boot failed; serial log:"; tail -30 "$work/serial.log"; exit 1; }
 echo
 echo "decision history (newest first):"

@@ -24,8 +24,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import boot  # noqa: E402
 
-SERVER = os.path.join(REPO, "target", "release", "nbde-server")
-UNLOCK = os.path.join(REPO, "target", "release", "nbde-unlock")
+# The release binaries; build() sets them.
+SERVER = UNLOCK = None
 PASSPHRASE = "typed at the console"
 
 
@@ -34,6 +34,31 @@ def lib(call):
     out = subprocess.run(["bash", "-c", f". '{HERE}/lib.sh'; {call}"], check=True,
                          stdout=subprocess.PIPE, text=True)
     return out.stdout.strip()
+
+
+def lib_path(call):
+    """Runs a qemu/lib.sh function that prints one path; fails if it printed anything else
+    (another tool's output leaking onto its stdout) or a path that does not exist."""
+    out = lib(call)
+    if "\n" in out or not os.path.exists(out):
+        raise SystemExit(f"{call} printed {out!r}, not one existing path")
+    return out
+
+
+def build(*packages):
+    """Builds release binaries and points SERVER and UNLOCK where cargo put them
+    ($CARGO_TARGET_DIR, a cargo config's build.target-dir, or target/)."""
+    global SERVER, UNLOCK
+    args = [a for p in packages or ("nbde-unlock", "nbde-server") for a in ("-p", p)]
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", *args], cwd=REPO, check=True)
+    release = lib_path("qemu_release_dir")
+    SERVER = os.path.join(release, "nbde-server")
+    UNLOCK = os.path.join(release, "nbde-unlock")
+
+
+def kernel():
+    """The Debian kernel directory, filled into $NBDE_CACHE on first use."""
+    return lib_path("qemu_kernel")
 
 
 def free_port():
@@ -359,16 +384,16 @@ def main():
     ap.add_argument("--generator", default="minimal")
     ap.add_argument("--scenario", action="append", default=[])
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "nbde-unlock", "-p", "nbde-server"], cwd=REPO, check=True)
-    kdir = lib("qemu_kernel")
-    build = tempfile.mkdtemp(prefix="nbde-build-")
+    build()
+    kdir = kernel()
+    build_dir = tempfile.mkdtemp(prefix="nbde-build-")
     generators = []
     for name in args.generator.split(","):
         if name == "minimal":
-            generators.append(Minimal(kdir, build))
+            generators.append(Minimal(kdir, build_dir))
         else:
             import chroots
-            generators.append(chroots.generator(name, kdir, build))
+            generators.append(chroots.generator(name, kdir, build_dir, UNLOCK))
     failed = 0
     rows = []
     for gen in generators:
@@ -385,7 +410,7 @@ def main():
                 print(str(e), file=sys.stderr)
             print(f"{rows[-1][0]:16} {rows[-1][1]:14} {rows[-1][2]}  {rows[-1][3]}  ({rows[-1][4]:.0f} s)",
                   flush=True)
-    shutil.rmtree(build, ignore_errors=True)
+    shutil.rmtree(build_dir, ignore_errors=True)
     print(f"{len(rows) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

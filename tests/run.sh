@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (Debian, as root), then runs formatting,
 # lints, every cargo test against the real peers (stock clevis, tangd, jose, cryptsetup),
-# and the QEMU boot scenarios (standalone, dracut, initramfs-tools).
+# the first-run path from an empty cache (qemu/cold.sh: the demo, the kernel fill), and the
+# QEMU boot scenarios (standalone, dracut, initramfs-tools).
 #   NBDE_SKIP_QEMU=1 ./tests/run.sh   skips the boots (for a quick local run)
+#   NBDE_COLD=1 ./tests/run.sh        also runs the scenarios on an empty cache, so the
+#                                     chroots are made from nothing too (several minutes more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # --no-remove: on a conflict with an installed package, stop rather than uninstall it.
+    apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" >/dev/null
 fi
 
 cargo fmt --all --check
@@ -26,5 +30,14 @@ cargo test --workspace --locked
 if [ "${NBDE_SKIP_QEMU:-0}" != 1 ]; then
     . qemu/lib.sh
     qemu_install_host_packages
+    # The cache CI keeps is warm, which hides faults on a first run's path: start one from
+    # nothing every time. debootstrap chroots cost minutes, so they are filled cold only
+    # when asked (NBDE_COLD=1), or when their package lists change.
+    ./qemu/cold.sh
+    if [ "${NBDE_COLD:-0}" = 1 ]; then
+        NBDE_CACHE=$(mktemp -d)
+        export NBDE_CACHE
+        trap 'rm -rf "$NBDE_CACHE"' EXIT
+    fi
     python3 qemu/scenarios.py --generator minimal,dracut,initramfs-tools
 fi
