@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace)
+PACKAGES=(clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace
+    luksmeta keyutils)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
