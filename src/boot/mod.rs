@@ -1,7 +1,8 @@
 //! Unlocking at boot: the retry loop shared by every mode, and the three modes —
 //! a systemd password agent (dracut, `agent`), cryptroot's passfifo (initramfs-tools,
 //! `passfifo`), and standalone (a console prompt racing the network, for hand-built
-//! images, `standalone`).
+//! images, `standalone`) — plus what an image generator asks before it builds: whether
+//! a device's bindings need the network at all.
 //!
 //! In every mode all tokens are tried at once, each attempt is bounded by the HTTP
 //! timeouts, failures back off with jitter (honouring `Retry-After`), and progress goes to
@@ -12,15 +13,16 @@ mod passfifo;
 mod standalone;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nbde_proto::Jwe;
+use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::luks::Volume;
 use crate::pin::{self, Context};
 
@@ -198,6 +200,43 @@ fn mapper_exists(name: &str) -> bool {
     Path::new("/dev/mapper").join(name).exists()
 }
 
+/// Whether any clevis binding of an active keyslot on `devices` needs the network to
+/// recover its key. Every device must be a readable LUKS volume. Writes nothing: image
+/// generators ask this at build time.
+pub fn needs_network(devices: &[PathBuf]) -> Result<bool> {
+    let mut needed = false;
+    for device in devices {
+        let mut volume = Volume::open(device)?;
+        needed |= volume
+            .bindings()
+            .into_iter()
+            .filter(|b| b.active)
+            .filter_map(|b| b.jwe.ok())
+            .any(|jwe| reaches_a_server(&jwe));
+    }
+    Ok(needed)
+}
+
+/// Whether a clevis JWE has a tang pin anywhere: itself, or a child of sss (whose
+/// `clevis.sss.jwe` holds the children as compact JWEs), at any depth.
+fn reaches_a_server(jwe: &Jwe) -> bool {
+    let Some(clevis) = jwe.header().get("clevis") else {
+        return false;
+    };
+    match clevis.get("pin").and_then(Value::as_str) {
+        Some("tang") => true,
+        Some("sss") => clevis
+            .pointer("/sss/jwe")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|child| Jwe::parse_compact(child).ok())
+            .any(|child| reaches_a_server(&child)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +271,37 @@ mod tests {
             "waiting for approval at http://10.0.2.100:7500; server unreachable: http://10.0.2.101; retry in 4 s"
         );
         assert_eq!(delay, Duration::from_secs(4));
+    }
+
+    /// A JWE whose protected header carries `clevis`, as a pin would write it.
+    fn clevis_jwe(clevis: Value) -> Jwe {
+        let mut header = serde_json::Map::new();
+        header.insert("alg".into(), "dir".into());
+        header.insert("clevis".into(), clevis);
+        Jwe::encrypt(header, &[7u8; 32], b"key").unwrap()
+    }
+
+    fn sss(children: &[&Jwe]) -> Jwe {
+        let jwes: Vec<String> = children.iter().map(|c| c.to_compact()).collect();
+        clevis_jwe(serde_json::json!({"pin": "sss", "sss": {"t": 1, "jwe": jwes}}))
+    }
+
+    #[test]
+    fn a_tang_pin_anywhere_reaches_a_server() {
+        let tang = clevis_jwe(serde_json::json!({"pin": "tang", "tang": {}}));
+        let null = clevis_jwe(serde_json::json!({"pin": "null", "null": {}}));
+        let tpm = clevis_jwe(serde_json::json!({"pin": "tpm2", "tpm2": {}}));
+        assert!(reaches_a_server(&tang));
+        assert!(!reaches_a_server(&null));
+        assert!(!reaches_a_server(&tpm));
+        assert!(reaches_a_server(&sss(&[&null, &tang])));
+        assert!(!reaches_a_server(&sss(&[&null, &tpm])));
+        assert!(reaches_a_server(&sss(&[&null, &sss(&[&tang])])));
+        assert!(!reaches_a_server(&clevis_jwe(
+            serde_json::json!({"pin": "sss"})
+        )));
+        assert!(!reaches_a_server(&clevis_jwe(
+            serde_json::json!({"pin": "sss", "sss": {"jwe": ["not a JWE", 3]}})
+        )));
     }
 }
