@@ -90,11 +90,25 @@ def fill_base(path):
     os.chmod(os.path.join(path, "usr/sbin/policy-rc.d"), 0o755)
 
 
+def rig_modules(path):
+    """The rig's guests have a virtio-net NIC: name its driver in the image's module list,
+    as an administrator names a machine's own NIC driver. (MODULES=most takes it anyway;
+    this keeps the images booting under MODULES=dep or list too.) The hook adds none."""
+    conf = os.path.join(path, "etc/initramfs-tools/modules")
+    text = open(conf).read() if os.path.exists(conf) else ""
+    if "virtio_net" not in text.splitlines():
+        with open(conf, "a") as f:
+            f.write(("\n" if text and not text.endswith("\n") else "") + "virtio_net\n")
+
+
 def chroot(name):
     """The base with the generator's packages, cached per package list."""
     packages = PACKAGES[name]
     digest = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:12]
-    return cached(os.path.join(CACHE, f"chroot-{name}-{digest}"), lambda path: fill_chroot(name, packages, path))
+    path = cached(os.path.join(CACHE, f"chroot-{name}-{digest}"), lambda path: fill_chroot(name, packages, path))
+    if name == "initramfs-tools":
+        rig_modules(path)
+    return path
 
 
 def fill_chroot(name, packages, path):

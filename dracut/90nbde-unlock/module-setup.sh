@@ -13,13 +13,15 @@ depends() {
     return 0
 }
 
-# Whether a device this host unlocks at boot has a tang binding (then the network is
-# needed in the initrd).
-nbde_host_has_tang_binding() {
+# Whether a device this host unlocks at boot has a binding that needs the network (a
+# tang pin, also inside sss): then the initrd must bring the network up. The binary
+# answers by exit code (0 yes, 1 no, 2 cannot tell); one device at a time, so a device
+# it cannot read does not hide the answer for the others.
+nbde_host_needs_network() {
     local dev
     for dev in "${!host_fs_types[@]}"; do
         [[ ${host_fs_types[$dev]} == crypto_LUKS ]] || continue
-        nbde-unlock list -d "$dev" 2>/dev/null | grep -q "tang" && return 0
+        nbde-unlock needs-network -d "$dev" && return 0
     done
     return 1
 }
@@ -36,7 +38,7 @@ install() {
         inst_multiple -o /etc/nbde-unlock/ca/*
     fi
     inst_multiple -o /etc/ssl/certs/ca-certificates.crt
-    if [[ $hostonly ]] && nbde_host_has_tang_binding; then
+    if [[ $hostonly ]] && nbde_host_needs_network; then
         mkdir -p "$initdir/etc/cmdline.d"
         echo "rd.neednet=1" > "$initdir/etc/cmdline.d/90nbde-unlock.conf"
     fi

@@ -31,6 +31,7 @@ pub enum Command {
     Boot(BootArgs),
     Agent(AgentArgs),
     Passfifo(PassfifoArgs),
+    NeedsNetwork(NeedsNetworkArgs),
 }
 
 #[derive(FromArgs)]
@@ -319,4 +320,14 @@ pub struct PassfifoArgs {
     /// seconds for each server request (default 10)
     #[argh(option, default = "10")]
     pub timeout: u64,
+}
+
+#[derive(FromArgs)]
+/// Exit 0 if a binding on the devices needs the network at boot (tang, also inside sss),
+/// 1 if none does, 2 if that cannot be told. Prints nothing; for image generators.
+#[argh(subcommand, name = "needs-network")]
+pub struct NeedsNetworkArgs {
+    /// a LUKS device or image (repeat for more)
+    #[argh(option, short = 'd')]
+    pub device: Vec<PathBuf>,
 }

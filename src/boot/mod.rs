@@ -1,0 +1,258 @@
+//! Unlocking at boot: the retry loop shared by every mode, and the three modes —
+//! a systemd password agent (dracut, `agent`), cryptroot's passfifo (initramfs-tools,
+//! `passfifo`), and standalone (a console prompt racing the network, for hand-built
+//! images, `standalone`) — plus what an image generator asks before it builds: whether
+//! a device's bindings need the network at all.
+//!
+//! In every mode all tokens are tried at once, each attempt is bounded by the HTTP
+//! timeouts, failures back off with jitter (honouring `Retry-After`), and progress goes to
+//! the console through /dev/kmsg. No key is ever logged.
+
+mod agent;
+mod passfifo;
+mod standalone;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use nbde_proto::ClevisJwe;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::luks::Volume;
+use crate::pin::{self, Context};
+
+pub use agent::{Ask, agent, parse_ask};
+pub use passfifo::passfifo;
+pub use standalone::standalone;
+
+/// One line on the console, through the kernel log so it shows wherever the kernel prints.
+pub fn status(message: &str) {
+    let line = format!("<5>nbde-unlock: {message}\n");
+    let wrote = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut k| k.write_all(line.as_bytes()))
+        .is_ok();
+    if !wrote {
+        eprintln!("nbde-unlock: {message}");
+    }
+}
+
+/// Exponential backoff from 1 s to 30 s, each delay drawn from its upper half so that
+/// many machines booting together do not retry in step.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub const MAX: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Backoff {
+        Backoff { attempt: 0 }
+    }
+
+    /// The next delay; a server's `Retry-After` wins when it is given (capped at MAX).
+    pub fn next(&mut self, retry_after: Option<u64>) -> Duration {
+        let ceiling = match retry_after {
+            Some(seconds) => return Duration::from_secs(seconds.clamp(1, Self::MAX.as_secs())),
+            None => Duration::from_secs(1u64 << self.attempt.min(5)).min(Self::MAX),
+        };
+        self.attempt += 1;
+        let mut byte = [0u8; 1];
+        let _ = getrandom::fill(&mut byte);
+        ceiling / 2 + ceiling / 2 * u32::from(byte[0]) / 255
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// A clevis binding to try: its keyslots and its pin, parsed once for every round.
+#[derive(Clone)]
+pub struct Binding {
+    pub keyslots: Vec<u32>,
+    pub pin: Arc<ClevisJwe>,
+}
+
+pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
+    let path = volume.path().display().to_string();
+    volume
+        .bindings()
+        .into_iter()
+        .filter(|b| b.active)
+        .filter_map(|b| match b.jwe.map(ClevisJwe::parse) {
+            Ok(Ok(pin)) => Some(Binding {
+                keyslots: vec![b.slot],
+                pin: Arc::new(pin),
+            }),
+            Ok(Err(e)) => {
+                status(&format!("{path}: skipping keyslot {}: {e}", b.slot));
+                None
+            }
+            Err(reason) => {
+                status(&format!("{path}: skipping {reason}"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// Why a round of attempts failed, in words for the console, and how long to wait.
+fn explain(failures: &[Error], backoff: &mut Backoff) -> (String, Duration) {
+    let leaves: Vec<&Error> = failures.iter().flat_map(Error::leaves).collect();
+    let mut retry_after = None;
+    let mut words = Vec::new();
+    for leaf in &leaves {
+        let text = match leaf {
+            Error::Server {
+                url,
+                problem: Some(kind),
+                retry_after: hint,
+                ..
+            } if kind == "pending-approval" => {
+                retry_after = retry_after.or(*hint);
+                format!("waiting for approval at {}", origin(url))
+            }
+            Error::Server {
+                url,
+                problem: Some(kind),
+                ..
+            } => format!("refused by policy ({kind}) at {}", origin(url)),
+            Error::Server { url, status, .. } => {
+                format!("server error {status} at {}", origin(url))
+            }
+            Error::Network { url, .. } => format!("server unreachable: {}", origin(url)),
+            other => other.to_string(),
+        };
+        if !words.contains(&text) {
+            words.push(text);
+        }
+    }
+    let delay = backoff.next(retry_after);
+    (
+        format!(
+            "{}; retry in {} s",
+            words.join("; "),
+            delay.as_secs().max(1)
+        ),
+        delay,
+    )
+}
+
+/// `scheme://host:port` of a URL: enough to say which server, without paths or kids.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
+/// Tries every binding at once, again and again, until one recovers its key, `stop` is
+/// set, or `deadline` passes. Returns the winning binding's keyslots and key.
+pub fn recover_until(
+    label: &str,
+    bindings: &[Binding],
+    ctx: &Context,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+) -> Option<(Vec<u32>, Zeroizing<Vec<u8>>)> {
+    let mut backoff = Backoff::new();
+    status(&format!("{label}: asking {} binding(s)", bindings.len()));
+    loop {
+        let (sender, receiver) = mpsc::channel();
+        for binding in bindings {
+            let sender = sender.clone();
+            let binding = binding.clone();
+            let ctx = *ctx;
+            std::thread::spawn(move || {
+                let _ = sender.send((binding.keyslots, pin::recover(&binding.pin, &ctx)));
+            });
+        }
+        drop(sender);
+        let mut failures = Vec::new();
+        for (keyslots, result) in receiver {
+            match result {
+                Ok(key) => {
+                    status(&format!("{label}: key recovered"));
+                    return Some((keyslots, key));
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        let (message, delay) = explain(&failures, &mut backoff);
+        status(&format!("{label}: {message}"));
+        let wake = Instant::now() + delay;
+        while Instant::now() < wake {
+            if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn mapper_exists(name: &str) -> bool {
+    Path::new("/dev/mapper").join(name).exists()
+}
+
+/// Whether any clevis binding of an active keyslot on `devices` needs the network to
+/// recover its key. Every device must be a readable LUKS volume. Writes nothing: image
+/// generators ask this at build time.
+pub fn needs_network(devices: &[PathBuf]) -> Result<bool> {
+    let mut needed = false;
+    for device in devices {
+        let mut volume = Volume::open(device)?;
+        needed |= volume
+            .bindings()
+            .into_iter()
+            .filter(|b| b.active)
+            .filter_map(|b| ClevisJwe::parse(b.jwe.ok()?).ok())
+            .any(|pin| pin.needs_network());
+    }
+    Ok(needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_thirty_seconds_and_honours_retry_after() {
+        let mut b = Backoff::new();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next(None)).collect();
+        assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1));
+        assert!(delays[7] >= Duration::from_secs(15) && delays[7] <= Backoff::MAX);
+        assert_eq!(b.next(Some(7)), Duration::from_secs(7));
+        assert_eq!(b.next(Some(3600)), Backoff::MAX);
+    }
+
+    #[test]
+    fn explains_failures_without_paths_or_keys() {
+        let failures = vec![
+            Error::Server {
+                url: "http://10.0.2.100:7500/o/acme/d/web1/rec/KID".into(),
+                status: 403,
+                problem: Some("pending-approval".into()),
+                retry_after: Some(4),
+            },
+            Error::Network {
+                url: "http://10.0.2.101/rec/KID".into(),
+                detail: "refused".into(),
+            },
+        ];
+        let (text, delay) = explain(&failures, &mut Backoff::new());
+        assert_eq!(
+            text,
+            "waiting for approval at http://10.0.2.100:7500; server unreachable: http://10.0.2.101; retry in 4 s"
+        );
+        assert_eq!(delay, Duration::from_secs(4));
+    }
+}
