@@ -3,12 +3,11 @@
 //! a kill at any point leaves a working key: the user's, and a working binding wherever
 //! there was one before.
 
-use std::sync::mpsc;
-
 use nbde_proto::{Jwe, b64};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::boot;
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::luks::{HeaderBackup, Store, Volume};
@@ -131,43 +130,28 @@ pub fn recover_slot_key(
     Ok(key)
 }
 
-/// Recovers any clevis binding of an active keyslot, all at once; the first key that
-/// opens its own keyslot wins. Returns that keyslot and key.
+/// Recovers any clevis binding of an active keyslot, all at once (the boot modes' round);
+/// the first key that opens its own keyslot wins. Returns that keyslot and key.
 pub fn recover_any(volume: &mut Volume, ctx: &Context) -> Result<(u32, Zeroizing<Vec<u8>>)> {
-    let (sender, receiver) = mpsc::channel();
-    let mut failures = Vec::new();
-    let mut pending = 0;
-    for binding in volume.bindings().into_iter().filter(|b| b.active) {
-        match binding.jwe {
-            Ok(jwe) => {
-                let sender = sender.clone();
-                let ctx = *ctx;
-                pending += 1;
-                std::thread::spawn(move || {
-                    let _ = sender.send((binding.slot, pin::decrypt(&jwe, &ctx)));
-                });
-            }
-            Err(reason) => failures.push(Error::Config(reason)),
-        }
-    }
-    drop(sender);
-    if pending == 0 && failures.is_empty() {
+    let (bindings, mut failures) = boot::usable_bindings(volume);
+    if bindings.is_empty() && failures.is_empty() {
         return Err(Error::Config(format!(
             "{}: no clevis binding",
             volume.path().display()
         )));
     }
-    for (slot, result) in receiver.iter().take(pending) {
-        match result.and_then(|key| volume.test_key(Some(slot), &key).map(|_| key)) {
-            Ok(key) => return Ok((slot, key)),
-            Err(e) => failures.push(e),
+    let opens = |slots: &[u32], key: &[u8]| volume.test_key(Some(slots[0]), key).map(drop);
+    match boot::recover_once(&bindings, ctx, opens) {
+        Ok((slots, key)) => Ok((slots[0], key)),
+        Err(round) => {
+            failures.extend(round);
+            Err(Error::Threshold {
+                needed: 1,
+                succeeded: 0,
+                failures,
+            })
         }
     }
-    Err(Error::Threshold {
-        needed: 1,
-        succeeded: 0,
-        failures,
-    })
 }
 
 /// A key that opens the volume for a rebind: any binding's (the slot's own among them,

@@ -81,27 +81,31 @@ pub struct Binding {
     pub pin: Arc<ClevisJwe>,
 }
 
-pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
-    let path = volume.path().display().to_string();
-    volume
-        .bindings()
-        .into_iter()
-        .filter(|b| b.active)
-        .filter_map(|b| match b.jwe.map(ClevisJwe::parse) {
-            Ok(Ok(pin)) => Some(Binding {
+/// The bindings of active keyslots, each pin parsed once, and why the others cannot be
+/// used.
+pub fn usable_bindings(volume: &mut Volume) -> (Vec<Binding>, Vec<Error>) {
+    let mut usable = Vec::new();
+    let mut unusable = Vec::new();
+    for b in volume.bindings().into_iter().filter(|b| b.active) {
+        match b.jwe.map(ClevisJwe::parse) {
+            Ok(Ok(pin)) => usable.push(Binding {
                 keyslots: vec![b.slot],
                 pin: Arc::new(pin),
             }),
-            Ok(Err(e)) => {
-                status(&format!("{path}: skipping keyslot {}: {e}", b.slot));
-                None
-            }
-            Err(reason) => {
-                status(&format!("{path}: skipping {reason}"));
-                None
-            }
-        })
-        .collect()
+            Ok(Err(e)) => unusable.push(Error::Config(format!("keyslot {}: {e}", b.slot))),
+            Err(reason) => unusable.push(Error::Config(reason)),
+        }
+    }
+    (usable, unusable)
+}
+
+/// The usable bindings of a volume being unlocked at boot; the others are reported.
+pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
+    let (usable, unusable) = usable_bindings(volume);
+    for reason in unusable {
+        status(&format!("{}: skipping {reason}", volume.path().display()));
+    }
+    usable
 }
 
 /// Why a round of attempts failed, in words for the console, and how long to wait.
@@ -155,6 +159,36 @@ fn origin(url: &str) -> &str {
     }
 }
 
+/// The keyslots of the binding that answered, and its key.
+pub type Recovered = (Vec<u32>, Zeroizing<Vec<u8>>);
+
+/// One round: every binding at once; the first key that `accept` takes (given its
+/// keyslots) wins, and nothing waits for the slower ones. Otherwise every failure.
+pub fn recover_once(
+    bindings: &[Binding],
+    ctx: &Context,
+    mut accept: impl FnMut(&[u32], &[u8]) -> Result<()>,
+) -> std::result::Result<Recovered, Vec<Error>> {
+    let (sender, receiver) = mpsc::channel();
+    for binding in bindings {
+        let sender = sender.clone();
+        let binding = binding.clone();
+        let ctx = *ctx;
+        std::thread::spawn(move || {
+            let _ = sender.send((binding.keyslots, pin::recover(&binding.pin, &ctx)));
+        });
+    }
+    drop(sender);
+    let mut failures = Vec::new();
+    for (keyslots, result) in receiver {
+        match result.and_then(|key| accept(&keyslots, &key).map(|()| key)) {
+            Ok(key) => return Ok((keyslots, key)),
+            Err(e) => failures.push(e),
+        }
+    }
+    Err(failures)
+}
+
 /// Tries every binding at once, again and again, until one recovers its key, `stop` is
 /// set, or `deadline` passes. Returns the winning binding's keyslots and key.
 pub fn recover_until(
@@ -163,30 +197,17 @@ pub fn recover_until(
     ctx: &Context,
     stop: &AtomicBool,
     deadline: Option<Instant>,
-) -> Option<(Vec<u32>, Zeroizing<Vec<u8>>)> {
+) -> Option<Recovered> {
     let mut backoff = Backoff::new();
     status(&format!("{label}: asking {} binding(s)", bindings.len()));
     loop {
-        let (sender, receiver) = mpsc::channel();
-        for binding in bindings {
-            let sender = sender.clone();
-            let binding = binding.clone();
-            let ctx = *ctx;
-            std::thread::spawn(move || {
-                let _ = sender.send((binding.keyslots, pin::recover(&binding.pin, &ctx)));
-            });
-        }
-        drop(sender);
-        let mut failures = Vec::new();
-        for (keyslots, result) in receiver {
-            match result {
-                Ok(key) => {
-                    status(&format!("{label}: key recovered"));
-                    return Some((keyslots, key));
-                }
-                Err(e) => failures.push(e),
+        let failures = match recover_once(bindings, ctx, |_, _| Ok(())) {
+            Ok(found) => {
+                status(&format!("{label}: key recovered"));
+                return Some(found);
             }
-        }
+            Err(failures) => failures,
+        };
         let (message, delay) = explain(&failures, &mut backoff);
         status(&format!("{label}: {message}"));
         let wake = Instant::now() + delay;
