@@ -7,33 +7,6 @@ use std::process::Output;
 use serde_json::json;
 use testkit::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `nbde-unlock ARGS` with `stdin`.
-fn ours(args: &[&str], stdin: &[u8]) -> Output {
-    run(&nbde_unlock(), args, stdin)
-}
-
-/// Stock `clevis ARGS`.
-fn stock(args: &[&str]) -> Output {
-    run("clevis", args, b"")
-}
-
-/// Stock `clevis luks pass` of `slot`, which must succeed.
-fn stock_pass(image: &Path, slot: u32) -> Vec<u8> {
-    ok(stock(&[
-        "luks",
-        "pass",
-        "-d",
-        s(image),
-        "-s",
-        &slot.to_string(),
-    ]))
-    .into_bytes()
-}
-
 /// Binds `slot` (first free if `None`) with our bind and the passphrase file.
 fn bind(image: &Path, slot: Option<u32>, pin: &str, cfg: &str) {
     let pass = passphrase_file(image);
@@ -43,7 +16,7 @@ fn bind(image: &Path, slot: Option<u32>, pin: &str, cfg: &str) {
         args.extend(["-s", slot]);
     }
     args.extend([pin, cfg]);
-    ok(ours(&args, b""));
+    ok(ours_with(&args, b""));
 }
 
 /// `nbde-unlock luks bind -y -d IMAGE EXTRA… tang CFG` with `stdin`.
@@ -51,7 +24,7 @@ fn bind_cmd(image: &Path, extra: &[&str], cfg: &str, stdin: &[u8]) -> Output {
     let mut args = vec!["luks", "bind", "-y", "-d", s(image)];
     args.extend_from_slice(extra);
     args.extend(["tang", cfg]);
-    ours(&args, stdin)
+    ours_with(&args, stdin)
 }
 
 #[test]
@@ -68,7 +41,7 @@ fn scheme_less_tang_urls_work_both_ways() {
     let dir = tempdir();
     let image = luks_image(dir.path(), "root.img");
     let pass = passphrase_file(&image);
-    ok(stock(&[
+    ok(stock_clevis(&[
         "luks",
         "bind",
         "-y",
@@ -80,9 +53,12 @@ fn scheme_less_tang_urls_work_both_ways() {
         &cfg,
     ]));
     // The url is kept as given, as stock clevis keeps it.
-    let list = ok(ours(&["luks", "list", "-d", s(&image)], b""));
+    let list = ok(ours_with(&["luks", "list", "-d", s(&image)], b""));
     assert_eq!(list, format!("1: tang '{cfg}'\n"));
-    let key = ok(ours(&["luks", "pass", "-d", s(&image), "-s", "1"], b""));
+    let key = ok(ours_with(
+        &["luks", "pass", "-d", s(&image), "-s", "1"],
+        b"",
+    ));
     assert!(key_opens(&image, Some(1), key.as_bytes()));
     assert_eq!(key.as_bytes(), stock_pass(&image, 1));
 
@@ -92,10 +68,10 @@ fn scheme_less_tang_urls_work_both_ways() {
         (format!("127.0.0.1 :{}", tangd.port), "is not a URL"),
     ] {
         let cfg = json!({ "url": url }).to_string();
-        let out = ours(&["encrypt", "tang", &cfg, "-y"], b"secret");
+        let out = ours_with(&["encrypt", "tang", &cfg, "-y"], b"secret");
         fails_with(&out, 1, &format!("tang: url {url:?} {why}"));
         assert!(out.stdout.is_empty());
-        let out = ours(
+        let out = ours_with(
             &[
                 "luks",
                 "bind",
@@ -122,7 +98,7 @@ fn unbind_refuses_passphrase_slots_and_the_last_keyslot() {
     let cfg = json!({ "url": tangd.url() }).to_string();
     bind(&image, None, "tang", &cfg);
 
-    let out = ours(&["luks", "unbind", "-f", "-d", s(&image), "-s", "0"], b"");
+    let out = ours_with(&["luks", "unbind", "-f", "-d", s(&image), "-s", "0"], b"");
     fails_with(
         &out,
         1,
@@ -142,13 +118,16 @@ fn unbind_refuses_passphrase_slots_and_the_last_keyslot() {
         b"",
     );
     assert_eq!(keyslots(&image), [1]);
-    let out = ours(&["luks", "unbind", "-f", "-d", s(&image), "-s", "1"], b"");
+    let out = ours_with(&["luks", "unbind", "-f", "-d", s(&image), "-s", "1"], b"");
     fails_with(&out, 1, "keyslot 1 is the last one that opens");
     assert_eq!(keyslots(&image), [1]);
-    let key = ok(ours(&["luks", "pass", "-d", s(&image), "-s", "1"], b""));
+    let key = ok(ours_with(
+        &["luks", "pass", "-d", s(&image), "-s", "1"],
+        b"",
+    ));
     assert!(key_opens(&image, Some(1), key.as_bytes()));
     assert_eq!(
-        ok(stock(&["luks", "list", "-d", s(&image)])),
+        ok(stock_clevis(&["luks", "list", "-d", s(&image)])),
         format!("1: tang '{cfg}'\n")
     );
 }
@@ -252,7 +231,7 @@ fn installed_as_clevis_it_takes_clevis_command_lines() {
     let clevis = s(&clevis);
     let image = luks_image(dir.path(), "root.img");
     let cfg = json!({"t": 1, "pins": {"tang": [{"url": tangd.url()}]}}).to_string();
-    ok(stock(&[
+    ok(stock_clevis(&[
         "luks",
         "bind",
         "-y",
@@ -265,7 +244,7 @@ fn installed_as_clevis_it_takes_clevis_command_lines() {
     ]));
 
     let list = ok(run(clevis, &["luks", "list", "-d", s(&image)], b""));
-    assert_eq!(list, ok(stock(&["luks", "list", "-d", s(&image)])));
+    assert_eq!(list, ok(stock_clevis(&["luks", "list", "-d", s(&image)])));
     assert!(list.starts_with("1: sss '{\"t\":1,\"pins\":{\"tang\":[{\"url\":"));
     let key = ok(run(
         clevis,
@@ -287,7 +266,9 @@ fn installed_as_clevis_it_takes_clevis_command_lines() {
     let out = run(clevis, &["luks", "bind", "-d", s(&image)], b"");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
-        stock(&["luks", "bind", "-d", s(&image)]).status.code(),
+        stock_clevis(&["luks", "bind", "-d", s(&image)])
+            .status
+            .code(),
         Some(2)
     );
 }
@@ -325,7 +306,7 @@ fn report_regen_keeps_the_keyslot() {
     let dir = tempdir();
     let image = luks_image(dir.path(), "root.img");
     let cfg = json!({ "url": tangd.url() }).to_string();
-    ok(stock(&[
+    ok(stock_clevis(&[
         "luks",
         "bind",
         "-y",
@@ -342,7 +323,7 @@ fn report_regen_keeps_the_keyslot() {
     let report = |extra: &[&str]| {
         let mut args = vec!["luks", "report", "-q", "-d", s(&image), "-s", "3"];
         args.extend_from_slice(extra);
-        ours(&args, b"")
+        ours_with(&args, b"")
     };
     assert_eq!(report(&[]).status.code(), Some(0));
 
@@ -368,7 +349,7 @@ fn report_regen_keeps_the_keyslot() {
     ok(report(&["-r"]));
     assert_eq!(report(&[]).status.code(), Some(0));
     assert_eq!(
-        ok(stock(&["luks", "list", "-d", s(&image)])),
+        ok(stock_clevis(&["luks", "list", "-d", s(&image)])),
         format!("3: tang '{cfg}'\n")
     );
     assert_eq!(keyslots(&image), [0, 3]);
@@ -396,14 +377,15 @@ fn regen_falls_back_to_the_passphrase() {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let pass = ours(&["luks", "pass", "-d", s(&image), "-s", "1"], b"");
+    let pass = ours_with(&["luks", "pass", "-d", s(&image), "-s", "1"], b"");
     assert_eq!(
         pass.status.code(),
         Some(1),
         "the old binding cannot recover"
     );
 
-    let regen = |stdin: &[u8]| ours(&["luks", "regen", "-q", "-d", s(&image), "-s", "1"], stdin);
+    let regen =
+        |stdin: &[u8]| ours_with(&["luks", "regen", "-q", "-d", s(&image), "-s", "1"], stdin);
     let before = luks_json(&image);
     fails_with(&regen(b"not it\n"), 1, "wrong key");
     assert_eq!(luks_json(&image), before);
@@ -412,7 +394,7 @@ fn regen_falls_back_to_the_passphrase() {
     ok(out);
     assert_eq!(keyslots(&image), [0, 1]);
     assert_eq!(
-        ok(stock(&["luks", "list", "-d", s(&image)])),
+        ok(stock_clevis(&["luks", "list", "-d", s(&image)])),
         format!("1: tang '{cfg}'\n")
     );
     assert!(key_opens(&image, Some(1), &stock_pass(&image, 1)));
@@ -468,8 +450,8 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
                 _ if working.contains(&1) => 1,
                 Some(&slot) => slot,
                 None => {
-                    let list = ok(stock(&["luks", "list", "-d", s(&image)]));
-                    let ours = ok(ours(&["luks", "list", "-d", s(&image)], b""));
+                    let list = ok(stock_clevis(&["luks", "list", "-d", s(&image)]));
+                    let ours = ok(ours_with(&["luks", "list", "-d", s(&image)], b""));
                     failures.push(format!(
                         "{at}: no binding stock clevis reads opens its keyslot \
                          (keyslots {:?}; stock list {list:?}; ours {ours:?})",
@@ -478,7 +460,7 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
                     1
                 }
             };
-            let out = ours(
+            let out = ours_with(
                 &[
                     "luks",
                     "regen",
@@ -490,7 +472,7 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
                 ],
                 b"",
             );
-            let key = ours(
+            let key = ours_with(
                 &["luks", "pass", "-d", s(&image), "-s", &slot.to_string()],
                 b"",
             );
@@ -519,7 +501,7 @@ fn edit_changes_the_config_and_keeps_the_keyslot() {
     let b_cfg = json!({ "url": b.url() }).to_string();
     bind(&image, None, "tang", &a_cfg);
     let edit = |slot: &str, cfg: &str| {
-        ours(
+        ours_with(
             &["luks", "edit", "-d", s(&image), "-s", slot, "-c", cfg],
             b"",
         )
@@ -536,7 +518,7 @@ fn edit_changes_the_config_and_keeps_the_keyslot() {
 
     ok(edit("1", &b_cfg));
     assert_eq!(
-        ok(stock(&["luks", "list", "-d", s(&image)])),
+        ok(stock_clevis(&["luks", "list", "-d", s(&image)])),
         format!("1: tang '{b_cfg}'\n")
     );
     assert_eq!(keyslots(&image), [0, 1]);

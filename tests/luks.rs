@@ -1,7 +1,6 @@
 //! LUKS2 bindings on image files: interchangeable with `clevis luks`, and safe when
 //! anything fails (bad input, dead servers, a kill at any write).
 
-use std::path::Path;
 
 use serde_json::json;
 use testkit::*;
@@ -18,10 +17,6 @@ fn clevis_luks(args: &[&str]) -> std::process::Output {
     let mut full = vec!["luks"];
     full.extend_from_slice(args);
     run("clevis", &full, b"")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

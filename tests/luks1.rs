@@ -5,37 +5,12 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::Output;
 
 use nbde_unlock::luks::luksmeta;
 use serde_json::json;
 use testkit::*;
 
 const CLEVIS_UUID: &str = "cb6e8904-81ff-40da-a84a-07ab9ab5715e";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ours(args: &[&str], stdin: &[u8]) -> Output {
-    run(&nbde_unlock(), args, stdin)
-}
-
-fn stock(args: &[&str]) -> Output {
-    run("clevis", args, b"")
-}
-
-fn stock_pass(image: &Path, slot: u32) -> Vec<u8> {
-    ok(stock(&[
-        "luks",
-        "pass",
-        "-d",
-        s(image),
-        "-s",
-        &slot.to_string(),
-    ]))
-    .into_bytes()
-}
 
 /// `luksmeta show -d IMAGE`, which must succeed.
 fn luksmeta_show(image: &Path) -> String {
@@ -80,7 +55,7 @@ fn stock_luks1_bindings_work_with_nbde_unlock() {
     let sss_cfg =
         json!({"t": 1, "pins": {"tang": [{"url": tangd.url()}, {"url": tangd.url()}]}}).to_string();
     for (pin, cfg) in [("tang", &tang_cfg), ("sss", &sss_cfg)] {
-        ok(stock(&[
+        ok(stock_clevis(&[
             "luks",
             "bind",
             "-f",
@@ -93,17 +68,24 @@ fn stock_luks1_bindings_work_with_nbde_unlock() {
             cfg,
         ]));
     }
-    let list = ok(stock(&["luks", "list", "-d", s(&image)]));
-    assert_eq!(ok(ours(&["luks", "list", "-d", s(&image)], b"")), list);
+    let list = ok(stock_clevis(&["luks", "list", "-d", s(&image)]));
+    assert_eq!(ok(ours_with(&["luks", "list", "-d", s(&image)], b"")), list);
     assert!(list.starts_with(&format!("1: tang '{tang_cfg}'\n2: sss '{{\"t\":1,")));
     assert_eq!(luksmeta_show(&image), expected_show(&[1, 2]));
-    let report = |slot: &str| ours(&["luks", "report", "-q", "-d", s(&image), "-s", slot], b"");
+    let report =
+        |slot: &str| ours_with(&["luks", "report", "-q", "-d", s(&image), "-s", slot], b"");
     for slot in [1, 2] {
         let text = slot.to_string();
-        let key = ok(ours(&["luks", "pass", "-d", s(&image), "-s", &text], b""));
+        let key = ok(ours_with(
+            &["luks", "pass", "-d", s(&image), "-s", &text],
+            b"",
+        ));
         assert_eq!(key.as_bytes(), stock_pass(&image, slot));
         assert!(key_opens(&image, Some(slot), key.as_bytes()));
-        ok(ours(&["luks", "unlock", "-d", s(&image), "-t", &text], b""));
+        ok(ours_with(
+            &["luks", "unlock", "-d", s(&image), "-t", &text],
+            b"",
+        ));
         assert_eq!(report(&text).status.code(), Some(0));
     }
 
@@ -112,7 +94,7 @@ fn stock_luks1_bindings_work_with_nbde_unlock() {
         let text = slot.to_string();
         let old_key = stock_pass(&image, slot);
         assert_eq!(report(&text).status.code(), Some(1), "keyslot {slot}");
-        ok(ours(
+        ok(ours_with(
             &["luks", "regen", "-q", "-d", s(&image), "-s", &text],
             b"",
         ));
@@ -122,17 +104,17 @@ fn stock_luks1_bindings_work_with_nbde_unlock() {
         assert_ne!(key, old_key);
         assert!(key_opens(&image, Some(slot), &key));
     }
-    assert_eq!(ok(stock(&["luks", "list", "-d", s(&image)])), list);
+    assert_eq!(ok(stock_clevis(&["luks", "list", "-d", s(&image)])), list);
     assert_eq!(luksmeta_show(&image), expected_show(&[1, 2]));
 
-    ok(ours(
+    ok(ours_with(
         &["luks", "unbind", "-f", "-d", s(&image), "-s", "1"],
         b"",
     ));
     assert_eq!(luksmeta_show(&image), expected_show(&[2]));
     assert!(luksmeta_show(&image).contains("1 inactive empty\n"));
     assert_eq!(keyslots(&image), [0, 2]);
-    assert!(ok(stock(&["luks", "list", "-d", s(&image)])).starts_with("2: sss '"));
+    assert!(ok(stock_clevis(&["luks", "list", "-d", s(&image)])).starts_with("2: sss '"));
     assert!(key_opens(&image, Some(2), &stock_pass(&image, 2)));
 }
 
@@ -147,7 +129,7 @@ fn nbde_unlock_luks1_bindings_work_with_stock_clevis() {
     let pristine = hole_bytes(&image);
     assert!(!luksmeta_initialized(&image));
 
-    let out = ours(
+    let out = ours_with(
         &[
             "luks",
             "bind",
@@ -166,7 +148,7 @@ fn nbde_unlock_luks1_bindings_work_with_stock_clevis() {
     fails_with(&out, 1, "is a LUKS1 device; -t is only supported in LUKS2");
     // As clevis: `-k -` does not create the luksmeta header without -f or -y.
     let line = format!("{PASSPHRASE}\n");
-    let out = ours(
+    let out = ours_with(
         &["luks", "bind", "-d", s(&image), "-k", "-", "tang", &cfg],
         line.as_bytes(),
     );
@@ -174,7 +156,7 @@ fn nbde_unlock_luks1_bindings_work_with_stock_clevis() {
     assert_eq!(hole_bytes(&image), pristine);
     assert_eq!(keyslots(&image), [0]);
 
-    ok(ours(
+    ok(ours_with(
         &[
             "luks",
             "bind",
@@ -195,16 +177,27 @@ fn nbde_unlock_luks1_bindings_work_with_stock_clevis() {
     );
     assert_eq!(show, expected_show(&[1]));
     let listed = format!("1: tang '{}'\n", json!({ "url": tangd.url() }));
-    assert_eq!(ok(stock(&["luks", "list", "-d", s(&image)])), listed);
-    assert_eq!(ok(ours(&["luks", "list", "-d", s(&image)], b"")), listed);
+    assert_eq!(ok(stock_clevis(&["luks", "list", "-d", s(&image)])), listed);
+    assert_eq!(
+        ok(ours_with(&["luks", "list", "-d", s(&image)], b"")),
+        listed
+    );
     let key = stock_pass(&image, 1);
     assert_eq!(key.len(), 54);
     assert!(key_opens(&image, Some(1), &key));
 
-    ok(stock(&["luks", "unbind", "-f", "-d", s(&image), "-s", "1"]));
+    ok(stock_clevis(&[
+        "luks",
+        "unbind",
+        "-f",
+        "-d",
+        s(&image),
+        "-s",
+        "1",
+    ]));
     assert_eq!(keyslots(&image), [0]);
     assert_eq!(luksmeta_show(&image), expected_show(&[]));
-    assert_eq!(ok(ours(&["luks", "list", "-d", s(&image)], b"")), "");
+    assert_eq!(ok(ours_with(&["luks", "list", "-d", s(&image)], b"")), "");
 }
 
 #[test]
@@ -215,7 +208,7 @@ fn a_binding_too_large_for_the_luksmeta_area_is_refused_before_any_write() {
     let pass = passphrase_file(&image);
     let cfg = json!({ "url": tangd.url() }).to_string();
     let bind = || {
-        ours(
+        ours_with(
             &[
                 "luks",
                 "bind",
@@ -291,7 +284,7 @@ fn a_kill_at_any_write_of_a_luks1_bind_leaves_the_volume_openable() {
             if !luksmeta_initialized(&image) && hole_bytes(&image).starts_with(b"LUKSMETA") {
                 failures.push(format!("{at}: a luksmeta header `luksmeta test` refuses"));
             }
-            let out = ours(&bind_args, b"");
+            let out = ours_with(&bind_args, b"");
             let stderr = String::from_utf8_lossy(&out.stderr);
             let slot = stderr
                 .lines()

@@ -11,10 +11,6 @@ use testkit::*;
 
 const OTHER_UUID: [u8; 16] = *b"\x01\x23\x45\x67\x89\xab\xcd\xef\xfe\xdc\xba\x98\x76\x54\x32\x10";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn stock(image: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
     let mut full = vec![args[0], "-d", s(image)];
     full.extend_from_slice(&args[1..]);

@@ -7,10 +7,6 @@ use std::process::Output;
 use serde_json::json;
 use testkit::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn needs_network(images: &[&Path]) -> Output {
     let mut args = vec!["needs-network"];
     for image in images {

@@ -516,6 +516,34 @@ pub fn luks1_image(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Requires `out` to be a success; returns its standard output as text.
+/// A path as the `&str` a command line takes (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test path")
+}
+
+/// `nbde-unlock ARGS` with `stdin`.
+pub fn ours_with(args: &[&str], stdin: &[u8]) -> Output {
+    run(&nbde_unlock(), args, stdin)
+}
+
+/// Stock `clevis ARGS`.
+pub fn stock_clevis(args: &[&str]) -> Output {
+    run("clevis", args, b"")
+}
+
+/// Stock `clevis luks pass` of `slot`, which must succeed.
+pub fn stock_pass(image: &Path, slot: u32) -> Vec<u8> {
+    ok(stock_clevis(&[
+        "luks",
+        "pass",
+        "-d",
+        s(image),
+        "-s",
+        &slot.to_string(),
+    ]))
+    .into_bytes()
+}
+
 pub fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
