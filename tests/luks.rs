@@ -1,7 +1,6 @@
 //! LUKS2 bindings on image files: interchangeable with `clevis luks`, and safe when
 //! anything fails (bad input, dead servers, a kill at any write).
 
-
 use serde_json::json;
 use testkit::*;
 
