@@ -438,3 +438,69 @@ fn a_kill_at_any_write_of_a_bind_leaves_the_volume_openable() {
     }
     panic!("bind never completed under fault injection");
 }
+
+/// A step that fails after the header was changed puts the header back from the backup,
+/// which no run leaves on disk: the backup directory goes as soon as the backup is written.
+#[test]
+fn a_failure_mid_change_restores_the_header_and_leaves_no_backup() {
+    let (_keys, tangd) = tang("P-256");
+    let dir = tempdir();
+    let image = luks_image(dir.path(), "root.img");
+    let pass = passphrase_file(&image);
+    let cfg = json!({"url": tangd.url()}).to_string();
+    assert!(
+        ours(&["bind", "-y", "-d", s(&image), "-k", s(&pass), "tang", &cfg])
+            .status
+            .success()
+    );
+    let before = luks_json(&image);
+    let trace = dir.path().join("trace");
+    // Token 0 is taken: the new keyslot is written first, then the token fails.
+    let out = run(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-e",
+            "trace=mkdir,rmdir",
+            "-o",
+            s(&trace),
+            &nbde_unlock(),
+            "bind",
+            "-y",
+            "-d",
+            s(&image),
+            "-k",
+            s(&pass),
+            "-t",
+            "0",
+            "tang",
+            &cfg,
+        ],
+        b"",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token 0 is in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(luks_json(&image), before, "header restored");
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let dirs = |call: &str| -> Vec<String> {
+        trace
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("{call}(\""))
+                    && l.contains("nbde-unlock-")
+                    && l.ends_with("= 0")
+            })
+            .map(|l| l.split('"').nth(1).unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(dirs("mkdir").len(), 1, "{trace}");
+    assert_eq!(
+        dirs("mkdir"),
+        dirs("rmdir"),
+        "the backup directory is gone: {trace}"
+    );
+}

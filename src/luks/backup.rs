@@ -1,6 +1,8 @@
 //! A header backup taken before a change and restored if a later step fails. For LUKS1
 //! the luksmeta area is saved too: libcryptsetup's LUKS1 header backup ends before it.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -8,10 +10,13 @@ use zeroize::Zeroizing;
 use super::{Format, Volume, luks_error, luks1};
 use crate::error::{Error, Result};
 
-/// The header (and luksmeta area) as it was, in a private directory removed when dropped.
+/// The header (and luksmeta area) as it was. The backup file is unlinked as soon as it is
+/// written and kept only as an open file, so a process killed mid-change leaves no copy of
+/// the header behind (libcryptsetup reads it back through `/proc/self/fd`).
 pub struct HeaderBackup {
-    dir: PathBuf,
-    file: PathBuf,
+    file: File,
+    /// Where the file still is, when `/proc` is not there to reach an unlinked one.
+    kept: Option<(PathBuf, PathBuf)>,
     luksmeta_area: Option<Zeroizing<Vec<u8>>>,
 }
 
@@ -31,22 +36,38 @@ impl HeaderBackup {
             .mode(0o700)
             .create(&dir)
             .map_err(Error::io(format!("creating {}", dir.display())))?;
-        let file = dir.join("header");
-        let mut backup = HeaderBackup {
-            dir,
-            file,
-            luksmeta_area: None,
-        };
+        let path = dir.join("header");
         let format = volume.format();
-        volume
+        let written = volume
             .device
             .backup_handle()
-            .header_backup(Some(format.encryption_format()), &backup.file)
-            .map_err(luks_error("back up header"))?;
-        if format == Format::Luks1 {
-            backup.luksmeta_area = Some(luks1::read_area(volume)?);
-        }
-        Ok(backup)
+            .header_backup(Some(format.encryption_format()), &path)
+            .map_err(luks_error("back up header"))
+            .and_then(|()| File::open(&path).map_err(Error::io(path.display().to_string())));
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
+        let kept = if Path::new("/proc/self/fd").is_dir() {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir(&dir);
+            None
+        } else {
+            Some((dir, path))
+        };
+        let luksmeta_area = match format {
+            Format::Luks1 => Some(luks1::read_area(volume)?),
+            Format::Luks2 => None,
+        };
+        Ok(HeaderBackup {
+            file,
+            kept,
+            luksmeta_area,
+        })
     }
 
     /// Puts the header (and luksmeta area) back as they were when the backup was taken.
@@ -55,7 +76,7 @@ impl HeaderBackup {
         volume
             .device
             .backup_handle()
-            .header_restore(Some(format.encryption_format()), &self.file)
+            .header_restore(Some(format.encryption_format()), &self.path())
             .map_err(luks_error("restore header"))?;
         if let Some(area) = &self.luksmeta_area {
             luks1::write_area(volume, area)?;
@@ -64,9 +85,20 @@ impl HeaderBackup {
     }
 }
 
+impl HeaderBackup {
+    fn path(&self) -> PathBuf {
+        match &self.kept {
+            Some((_, path)) => path.clone(),
+            None => PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd())),
+        }
+    }
+}
+
 impl Drop for HeaderBackup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.file);
-        let _ = std::fs::remove_dir(&self.dir);
+        if let Some((dir, path)) = &self.kept {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
