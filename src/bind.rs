@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::inspect;
 use crate::luks::{HeaderBackup, Store, Volume};
 use crate::pin::{self, Context};
+use crate::private;
 
 /// Bytes of randomness in a bound key; base64url of it is the passphrase (as clevis ≥ 20).
 const BOUND_KEY_BYTES: usize = 40;
@@ -19,8 +20,7 @@ const BOUND_KEY_BYTES: usize = 40;
 /// A fresh passphrase for a bound keyslot: 40 random bytes, base64url (54 characters).
 pub fn new_bound_key() -> Result<Zeroizing<Vec<u8>>> {
     let mut raw = Zeroizing::new([0u8; BOUND_KEY_BYTES]);
-    getrandom::fill(&mut raw[..])
-        .map_err(|_| Error::Config("random number generator failed".into()))?;
+    private::fill_random(&mut raw[..])?;
     Ok(Zeroizing::new(b64::encode(&raw[..]).into_bytes()))
 }
 

@@ -7,6 +7,7 @@ pub mod http;
 pub mod inspect;
 pub mod luks;
 pub mod pin;
+pub mod private;
 pub mod tty;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use libcryptsetup_rs::consts::flags::CryptActivate;
 use nbde_unlock::bind::{self, BindRequest};
 use nbde_unlock::luks::{Format, Volume};
+use nbde_unlock::private::private_dir;
 use nbde_unlock::{Error, Result, inspect, pin, tty};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -255,7 +256,7 @@ pub fn edit(a: EditArgs) -> Result<ExitCode> {
 /// The config edited in `$EDITOR` (default vi), re-edited while it is not a JSON object,
 /// then confirmed; `None` if the user declines.
 fn edit_in_editor(pin_name: &str, current: &Value) -> Result<Option<Value>> {
-    let dir = tempfile_dir()?;
+    let dir = private_dir(&std::env::temp_dir(), "nbde-edit")?;
     let file = dir.join("config.json");
     let pretty = serde_json::to_string_pretty(current).expect("JSON value serializes");
     std::fs::write(&file, pretty + "\n").map_err(Error::io(file.display().to_string()))?;
@@ -287,19 +288,6 @@ fn edit_in_editor(pin_name: &str, current: &Value) -> Result<Option<Value>> {
         "Pin: {pin_name}\nNew config:\n{pretty}\nWould you like to proceed with the updated configuration? [ynYN] "
     );
     Ok(tty::confirm(&question, "confirm")?.then_some(config))
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random)
-        .map_err(|_| Error::Config("random number generator failed".into()))?;
-    let dir = std::env::temp_dir().join(format!("nbde-edit-{}", nbde_proto::b64::encode(&random)));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(Error::io(format!("creating {}", dir.display())))?;
-    Ok(dir)
 }
 
 /// cryptsetup's spelling of the activation flags `-o` may carry.

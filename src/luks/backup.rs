@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{Format, Volume, luks_error, luks1};
 use crate::error::{Error, Result};
+use crate::private::private_dir;
 
 /// The header (and luksmeta area) as it was. The backup file is unlinked as soon as it is
 /// written and kept only as an open file, so a process killed mid-change leaves no copy of
@@ -22,20 +23,12 @@ pub struct HeaderBackup {
 
 impl HeaderBackup {
     pub fn take(volume: &mut Volume) -> Result<HeaderBackup> {
-        use std::os::unix::fs::DirBuilderExt;
         let base = if Path::new("/run").is_dir() {
             PathBuf::from("/run")
         } else {
             std::env::temp_dir()
         };
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random)
-            .map_err(|_| Error::Config("random number generator failed".into()))?;
-        let dir = base.join(format!("nbde-unlock-{}", nbde_proto::b64::encode(&random)));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let dir = private_dir(&base, "nbde-unlock")?;
         let path = dir.join("header");
         let format = volume.format();
         let written = volume

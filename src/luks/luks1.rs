@@ -62,12 +62,16 @@ pub(super) fn bindings(volume: &mut Volume) -> Vec<Binding> {
         .collect()
 }
 
-/// Whether luksmeta slot `slot` is free for a new binding (no header yet counts as free).
-pub(super) fn slot_free(volume: &mut Volume, slot: u32) -> bool {
+/// Keyslots whose luksmeta slot holds something (no header yet: none; a header that
+/// cannot be read: all, so nothing is written over it).
+pub(super) fn taken_slots(volume: &mut Volume) -> Vec<u32> {
     match read(volume, false) {
-        Ok(Some((_, meta))) => meta.slot_uuid(slot as usize).is_none(),
-        Ok(None) => true,
-        Err(_) => false,
+        Ok(Some((_, meta))) => (0..luksmeta::SLOTS)
+            .filter(|&slot| meta.slot_uuid(slot).is_some())
+            .map(|slot| slot as u32)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(_) => (0..luksmeta::SLOTS as u32).collect(),
     }
 }
 

@@ -170,8 +170,12 @@ impl Volume {
 
     /// A free keyslot that can take a new binding (first one if `wanted` is `None`).
     pub fn free_keyslot(&mut self, wanted: Option<u32>, except: &[u32]) -> Result<u32> {
+        let stores_taken = match self.format {
+            Format::Luks2 => Vec::new(),
+            Format::Luks1 => luks1::taken_slots(self),
+        };
         let usable = |volume: &mut Volume, slot: u32| {
-            !except.contains(&slot) && !volume.is_active(slot) && volume.binding_store_free(slot)
+            !except.contains(&slot) && !stores_taken.contains(&slot) && !volume.is_active(slot)
         };
         match wanted {
             Some(slot) if slot >= self.format.keyslots() => Err(Error::Config(format!(
@@ -184,14 +188,6 @@ impl Volume {
             None => (0..self.format.keyslots())
                 .find(|&s| usable(self, s))
                 .ok_or_else(|| Error::Config(format!("{}: no free keyslot", self.path.display()))),
-        }
-    }
-
-    /// Whether `slot`'s place for a binding is free (LUKS1: its luksmeta slot is empty).
-    fn binding_store_free(&mut self, slot: u32) -> bool {
-        match self.format {
-            Format::Luks2 => true,
-            Format::Luks1 => luks1::slot_free(self, slot),
         }
     }
 

@@ -23,8 +23,7 @@ pub fn encrypt(config: &Value, plaintext: &[u8]) -> Result<Jwe> {
         Some(_) => return Err(Error::Config("null: \"fail\" must be true or false".into())),
     };
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    getrandom::fill(&mut key[..])
-        .map_err(|_| Error::Config("random number generator failed".into()))?;
+    crate::private::fill_random(&mut key[..])?;
     let mut member = Map::new();
     if !fail {
         member.insert(

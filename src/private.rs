@@ -1,0 +1,23 @@
+//! Randomness and private directories, for keys and for copies of a header.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Fills `buf` from the operating system's random number generator.
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|_| Error::Config("random number generator failed".into()))
+}
+
+/// A new directory `base/PREFIX-RANDOM` that only its owner can enter.
+pub fn private_dir(base: &Path, prefix: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    fill_random(&mut random)?;
+    let dir = base.join(format!("{prefix}-{}", nbde_proto::b64::encode(&random)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(Error::io(format!("creating {}", dir.display())))?;
+    Ok(dir)
+}
