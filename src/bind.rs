@@ -25,7 +25,10 @@ pub fn new_bound_key() -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Runs `change` on the header; if it fails, puts the header back as it was.
-fn with_backup<T>(volume: &mut Volume, change: impl FnOnce(&mut Volume) -> Result<T>) -> Result<T> {
+pub(crate) fn with_backup<T>(
+    volume: &mut Volume,
+    change: impl FnOnce(&mut Volume) -> Result<T>,
+) -> Result<T> {
     let backup = HeaderBackup::take(volume)?;
     match change(volume) {
         Ok(value) => Ok(value),
@@ -124,6 +127,7 @@ pub fn recover_slot_key(
     slot: u32,
     ctx: &Context,
 ) -> Result<Zeroizing<Vec<u8>>> {
+    volume.refuse_if_sovereign()?;
     let jwe = volume.binding(slot)?.jwe.map_err(Error::Config)?;
     let key = pin::decrypt(&jwe, ctx)?;
     volume.test_key(Some(slot), &key)?;
@@ -133,6 +137,7 @@ pub fn recover_slot_key(
 /// Recovers any clevis binding of an active keyslot, all at once (the boot modes' round);
 /// the first key that opens its own keyslot wins. Returns that keyslot and key.
 pub fn recover_any(volume: &mut Volume, ctx: &Context) -> Result<(u32, Zeroizing<Vec<u8>>)> {
+    volume.refuse_if_sovereign()?;
     let (bindings, mut failures) = boot::usable_bindings(volume);
     if bindings.is_empty() && failures.is_empty() {
         return Err(Error::Config(format!(

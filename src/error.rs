@@ -43,6 +43,14 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
+    /// nbde-server's admin API refused a request (`detail` is the server's own words).
+    Admin {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    /// The volume (named) carries the sovereign marker: no automatic unlock.
+    Sovereign(String),
 }
 
 impl Error {
@@ -95,6 +103,16 @@ impl fmt::Display for Error {
             Error::WrongKey => write!(f, "wrong key: no keyslot opens with it"),
             Error::LuksMeta(msg) => write!(f, "LUKS1 metadata (luksmeta): {msg}"),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+            Error::Admin {
+                url,
+                status,
+                detail,
+            } => write!(f, "{url}: server answered HTTP {status}: {detail}"),
+            Error::Sovereign(device) => write!(
+                f,
+                "{device} is sovereign: its managed unlock path was removed, so no automatic \
+                 unlock is attempted; open it with its user key (`mode managed+user` binds it again)"
+            ),
         }
     }
 }

@@ -144,6 +144,42 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A JSON request with a bearer token (the admin API of nbde-server); the status and
+    /// up to `limit` bytes of the body, whatever the status, for the caller to read.
+    pub fn call_json(
+        &self,
+        method: &str,
+        url: &str,
+        bearer: &str,
+        body: Option<&[u8]>,
+        limit: u64,
+    ) -> Result<(u16, Vec<u8>)> {
+        let auth = format!("Bearer {bearer}");
+        let sent = match (method, body) {
+            ("GET", _) => self.agent.get(url).header("Authorization", &auth).call(),
+            (_, body) => self
+                .agent
+                .post(url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or(b"{}")),
+        };
+        let mut response = sent.map_err(|e| network(url, e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| Error::Reply {
+                url: url.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Ok((status, body))
+    }
+}
+
 fn network(url: &str, error: ureq::Error) -> Error {
     Error::Network {
         url: url.to_owned(),

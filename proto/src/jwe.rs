@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::b64;
-use crate::curve::EcPoint;
+use crate::curve::{EcPoint, EcScalar};
 use crate::error::{Error, Result};
 use crate::jwk::Jwk;
 use crate::kdf::concat_kdf;
@@ -209,6 +209,21 @@ impl Jwe {
             Jwk::from_point(&ephemeral.public_point()).to_value(),
         );
         Jwe::encrypt(header, &ecdh_es_cek(shared.x()), plaintext)
+    }
+
+    /// Decrypts an ECDH-ES JWE with the recipient's private key: the `epk` must be on the
+    /// key's curve (a point off it or on another is refused before any multiplication).
+    pub fn decrypt_ecdh_es(&self, recipient: &EcScalar) -> Result<Zeroizing<Vec<u8>>> {
+        match self.header_str("alg")? {
+            "ECDH-ES" => {}
+            other => return Err(Error::Unsupported(format!("JWE alg {other:?}"))),
+        }
+        let epk = self.epk()?;
+        if epk.curve() != recipient.curve() {
+            return Err(Error::Invalid("epk curve (not the key's)"));
+        }
+        let shared = epk.mul(recipient)?;
+        self.decrypt(&ecdh_es_cek(shared.x()))
     }
 
     /// The `epk` of an ECDH-ES header, checked to be a valid point.

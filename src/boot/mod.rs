@@ -86,6 +86,9 @@ pub struct Binding {
 pub fn usable_bindings(volume: &mut Volume) -> (Vec<Binding>, Vec<Error>) {
     let mut usable = Vec::new();
     let mut unusable = Vec::new();
+    if let Err(sovereign) = volume.refuse_if_sovereign() {
+        return (usable, vec![sovereign]);
+    }
     for b in volume.bindings().into_iter().filter(|b| b.active) {
         match b.jwe.map(ClevisJwe::parse) {
             Ok(Ok(pin)) => usable.push(Binding {
@@ -101,6 +104,13 @@ pub fn usable_bindings(volume: &mut Volume) -> (Vec<Binding>, Vec<Error>) {
 
 /// The usable bindings of a volume being unlocked at boot; the others are reported.
 pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
+    if volume.marker().is_some() {
+        status(&format!(
+            "{}: sovereign: no automatic unlock, asking for the user key",
+            volume.path().display()
+        ));
+        return Vec::new();
+    }
     let (usable, unusable) = usable_bindings(volume);
     for reason in unusable {
         status(&format!("{}: skipping {reason}", volume.path().display()));
@@ -225,12 +235,15 @@ fn mapper_exists(name: &str) -> bool {
 }
 
 /// Whether any clevis binding of an active keyslot on `devices` needs the network to
-/// recover its key. Every device must be a readable LUKS volume. Writes nothing: image
+/// recover its key (a sovereign volume's never does). Every device must be a readable LUKS volume. Writes nothing: image
 /// generators ask this at build time.
 pub fn needs_network(devices: &[PathBuf]) -> Result<bool> {
     let mut needed = false;
     for device in devices {
         let mut volume = Volume::open(device)?;
+        if volume.marker().is_some() {
+            continue;
+        }
         needed |= volume
             .bindings()
             .into_iter()

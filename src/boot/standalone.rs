@@ -45,11 +45,14 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
         devices
     };
     let mut pending: Vec<(PathBuf, String)> = Vec::new();
+    let mut by_network: Vec<(PathBuf, String)> = Vec::new();
     for device in candidates {
         let Ok(mut volume) = Volume::open(&device) else {
             continue;
         };
-        if bindings(&mut volume).is_empty() {
+        // A sovereign volume is asked for on the console only, at once.
+        let networked = !bindings(&mut volume).is_empty();
+        if !networked && volume.marker().is_none() {
             continue;
         }
         let name = format!("luks-{}", volume.uuid()?);
@@ -57,6 +60,9 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
             continue;
         }
         status(&format!("{}: unlocking as {name}", device.display()));
+        if networked {
+            by_network.push((device.clone(), name.clone()));
+        }
         pending.push((device, name));
     }
     if pending.is_empty() {
@@ -66,7 +72,8 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
 
     let stop = Arc::new(AtomicBool::new(false));
     let (events, opened) = mpsc::channel();
-    for (device, name) in pending.clone() {
+    let networked = !by_network.is_empty();
+    for (device, name) in by_network {
         let events = events.clone();
         let stop = stop.clone();
         let ctx = *ctx;
@@ -100,7 +107,7 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
     if prompt {
         let events = events.clone();
         let waiting = Arc::new(Mutex::new(pending.clone()));
-        std::thread::spawn(move || console_prompt(&waiting, &events));
+        std::thread::spawn(move || console_prompt(&waiting, &events, networked));
     }
     drop(events);
 
@@ -136,7 +143,11 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
 /// Reads passphrases from standard input (echo is off: `standalone` holds the guard) and
 /// tries each on the devices still locked, in any keyslot, as a person at the console
 /// expects.
-fn console_prompt(waiting: &Mutex<Vec<(PathBuf, String)>>, events: &mpsc::Sender<Opened>) {
+fn console_prompt(
+    waiting: &Mutex<Vec<(PathBuf, String)>>,
+    events: &mpsc::Sender<Opened>,
+    networked: bool,
+) {
     let stdin = std::io::stdin();
     loop {
         let names: Vec<String> = match waiting.lock() {
@@ -146,10 +157,12 @@ fn console_prompt(waiting: &Mutex<Vec<(PathBuf, String)>>, events: &mpsc::Sender
         if names.is_empty() {
             break;
         }
-        eprint!(
-            "Passphrase for {} (or wait for the network): ",
-            names.join(", ")
-        );
+        let or_wait = if networked {
+            " (or wait for the network)"
+        } else {
+            ""
+        };
+        eprint!("Passphrase for {}{or_wait}: ", names.join(", "));
         let mut line = Zeroizing::new(String::new());
         match stdin.lock().read_line(&mut line) {
             Ok(0) | Err(_) => break,

@@ -32,6 +32,8 @@ pub enum Command {
     Agent(AgentArgs),
     Passfifo(PassfifoArgs),
     NeedsNetwork(NeedsNetworkArgs),
+    Mode(ModeArgs),
+    Header(HeaderArgs),
 }
 
 #[derive(FromArgs)]
@@ -330,4 +332,130 @@ pub struct NeedsNetworkArgs {
     /// a LUKS device or image (repeat for more)
     #[argh(option, short = 'd')]
     pub device: Vec<PathBuf>,
+}
+
+#[derive(FromArgs)]
+/// Show a volume's mode (managed, managed+user, sovereign), or change it. `managed+user`
+/// enrols a user key (or, from sovereign, binds PIN CONFIG again with the user key);
+/// `sovereign` removes every network binding, places the marker that stops automatic
+/// unlock, and has the server destroy the device's keys; `managed --force` removes the
+/// user keys once the network has opened the volume.
+#[argh(subcommand, name = "mode")]
+pub struct ModeArgs {
+    /// the LUKS device or image
+    #[argh(option, short = 'd')]
+    pub device: PathBuf,
+    /// MODE [PIN CONFIG]: the mode to change to (none: show the mode), and for
+    /// managed+user from sovereign or unmanaged, the pin and JSON config of a new network
+    /// binding, as for bind
+    #[argh(positional)]
+    pub words: Vec<String>,
+    /// file with the user key, or - for one line of standard input (default: asked on the
+    /// terminal). For managed+user with no user key yet, the new passphrase.
+    #[argh(option, short = 'k')]
+    pub key: Option<String>,
+    /// enrol a generated recovery key, printed once, instead of a passphrase
+    #[argh(switch)]
+    pub recovery_key: bool,
+    /// managed: remove the user keys
+    #[argh(switch, short = 'f')]
+    pub force: bool,
+    /// the operator token for nbde-server (default $NBDE_TOKEN)
+    #[argh(option)]
+    pub token: Option<String>,
+    /// reach nbde-server at this base URL instead of the binding's (default $NBDE_SERVER)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// time of a new user keyslot's Argon2id in ms, as cryptsetup's --iter-time (default 2000)
+    #[argh(option, default = "2000")]
+    pub iter_time: u32,
+    /// memory of a new user keyslot's Argon2id in KiB, as cryptsetup's --pbkdf-memory
+    /// (default 1048576)
+    #[argh(option, default = "1048576")]
+    pub pbkdf_memory: u32,
+    /// trust a new binding's advertisement without asking
+    #[argh(switch, short = 'y')]
+    pub yes: bool,
+    /// print JSON (showing the mode)
+    #[argh(switch)]
+    pub json: bool,
+    /// seconds for each server request (default 15)
+    #[argh(option, default = "15")]
+    pub timeout: u64,
+}
+
+#[derive(FromArgs)]
+/// The LUKS header in escrow: sealed on this machine to the organisation's escrow key,
+/// which the server does not have.
+#[argh(subcommand, name = "header")]
+pub struct HeaderArgs {
+    #[argh(subcommand)]
+    pub command: HeaderCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+pub enum HeaderCommand {
+    Escrow(HeaderEscrowArgs),
+    Restore(HeaderRestoreArgs),
+    Keygen(HeaderKeygenArgs),
+}
+
+#[derive(FromArgs)]
+/// Seal the header to the org's escrow key and upload it to the bound nbde-server.
+#[argh(subcommand, name = "escrow")]
+pub struct HeaderEscrowArgs {
+    /// the LUKS device or image
+    #[argh(option, short = 'd')]
+    pub device: PathBuf,
+    /// the device URL (BASE/o/ORG/d/DEVICE; default: the one the binding names)
+    #[argh(option)]
+    pub url: Option<String>,
+    /// reach nbde-server at this base URL instead of the binding's (default $NBDE_SERVER)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// the operator token for nbde-server (default $NBDE_TOKEN)
+    #[argh(option)]
+    pub token: Option<String>,
+    /// seconds for each server request (default 60)
+    #[argh(option, default = "60")]
+    pub timeout: u64,
+}
+
+#[derive(FromArgs)]
+/// Fetch the escrowed header, open it with the escrow private key, check the UUID and
+/// restore it onto the device.
+#[argh(subcommand, name = "restore")]
+pub struct HeaderRestoreArgs {
+    /// the LUKS device or image
+    #[argh(option, short = 'd')]
+    pub device: PathBuf,
+    /// the escrow private key (a JWK file)
+    #[argh(option)]
+    pub escrow_key: PathBuf,
+    /// the device URL (BASE/o/ORG/d/DEVICE; default: the binding's, if the header reads)
+    #[argh(option)]
+    pub url: Option<String>,
+    /// reach nbde-server at this base URL instead of the binding's (default $NBDE_SERVER)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// the operator token for nbde-server (default $NBDE_TOKEN)
+    #[argh(option)]
+    pub token: Option<String>,
+    /// seconds for each server request (default 60)
+    #[argh(option, default = "60")]
+    pub timeout: u64,
+}
+
+#[derive(FromArgs)]
+/// Make an escrow key pair: the private JWK into a new file (keep it offline), the public
+/// one on standard output for `nbde-server org escrow-key`.
+#[argh(subcommand, name = "keygen")]
+pub struct HeaderKeygenArgs {
+    /// where to write the private JWK (must not exist)
+    #[argh(option)]
+    pub private: PathBuf,
+    /// the curve: P-256, P-384 or P-521 (default)
+    #[argh(option, default = "String::from(\"P-521\")")]
+    pub curve: String,
 }

@@ -18,7 +18,7 @@ use super::args::{
 use super::{MAX_STDIN, context, parse_config, write_stdout};
 
 /// Where an existing passphrase comes from, as clevis's `-k` reads it.
-enum KeySource<'a> {
+pub(super) enum KeySource<'a> {
     /// `-k FILE`: the whole file, binary or not (cryptsetup's --key-file).
     File(&'a str),
     /// `-k -`: one line of standard input.
@@ -28,7 +28,7 @@ enum KeySource<'a> {
 }
 
 impl<'a> KeySource<'a> {
-    fn from_option(key: Option<&'a str>) -> KeySource<'a> {
+    pub(super) fn from_option(key: Option<&'a str>) -> KeySource<'a> {
         match key {
             Some("-") => KeySource::StdinLine,
             Some(path) => KeySource::File(path),
@@ -37,13 +37,16 @@ impl<'a> KeySource<'a> {
     }
 
     fn read(&self) -> Result<Zeroizing<Vec<u8>>> {
+        self.read_asking("Enter existing LUKS password: ")
+    }
+
+    /// Reads the key, asking with `prompt` on a terminal.
+    pub(super) fn read_asking(&self, prompt: &str) -> Result<Zeroizing<Vec<u8>>> {
         match self {
             KeySource::File(path) => std::fs::read(path)
                 .map(Zeroizing::new)
                 .map_err(Error::io(format!("key file {path}"))),
-            KeySource::Ask if std::io::stdin().is_terminal() => {
-                tty::passphrase("Enter existing LUKS password: ")
-            }
+            KeySource::Ask if std::io::stdin().is_terminal() => tty::passphrase(prompt),
             KeySource::Ask | KeySource::StdinLine => stdin_line(),
         }
     }
@@ -76,6 +79,8 @@ pub fn bind(a: BindArgs) -> Result<ExitCode> {
         ));
     }
     let mut volume = Volume::open(&a.device)?;
+    // Binding does not lift the marker; `mode managed+user` does, with the user key.
+    volume.refuse_if_sovereign()?;
     if a.token.is_some() && volume.format() == Format::Luks1 {
         return Err(Error::Config(format!(
             "{} is a LUKS1 device; -t is only supported in LUKS2",

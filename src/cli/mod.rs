@@ -3,6 +3,7 @@
 
 mod args;
 mod luks;
+mod mode;
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -158,6 +159,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::NeedsNetwork(a) => Ok(needs_network(a)),
+        Command::Mode(a) => mode::mode(a),
+        Command::Header(a) => mode::header(a),
     }
 }
 

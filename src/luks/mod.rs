@@ -9,6 +9,7 @@ mod backup;
 mod keyring;
 mod luks1;
 pub mod luksmeta;
+mod marker;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use nbde_proto::Jwe;
 use zeroize::Zeroizing;
 
 pub use backup::HeaderBackup;
+pub use marker::{Marker, ToldServer};
 
 use crate::error::{Error, Result};
 
@@ -323,4 +325,103 @@ impl Volume {
             .destroy(slot)
             .map_err(luks_error("destroy keyslot"))
     }
+
+    /// The header's tokens with their JSON, by id (none on LUKS1).
+    pub fn tokens(&mut self) -> Vec<(u32, serde_json::Value)> {
+        match self.format {
+            Format::Luks2 => tokens::all(&mut self.device),
+            Format::Luks1 => Vec::new(),
+        }
+    }
+
+    /// Writes `json` as token `id` (replacing it) or as a new token; returns its id.
+    pub fn write_token(&mut self, id: Option<u32>, json: &serde_json::Value) -> Result<u32> {
+        self.require_luks2("tokens")?;
+        tokens::write(&mut self.device, id, json)
+    }
+
+    pub fn remove_token(&mut self, id: u32) -> Result<()> {
+        self.require_luks2("tokens")?;
+        tokens::remove(&mut self.device, id)
+    }
+
+    fn require_luks2(&self, what: &str) -> Result<()> {
+        match self.format {
+            Format::Luks2 => Ok(()),
+            Format::Luks1 => Err(Error::Config(format!(
+                "{}: {what} exist only in LUKS2; this is a LUKS1 device (cryptsetup convert --type luks2 makes it LUKS2)",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Adds `new_key` in the first free keyslot, authorized by `existing_key`, with a KDF
+    /// fit for a key a person types: Argon2id on LUKS2 (PBKDF2 on LUKS1, all it has), cost
+    /// found by libcryptsetup's benchmark within `cost`.
+    pub fn add_user_keyslot(
+        &mut self,
+        existing_key: &[u8],
+        new_key: &[u8],
+        cost: &UserKeyCost,
+    ) -> Result<u32> {
+        let slot = self.free_keyslot(None, &[])?;
+        let pbkdf = libcryptsetup_rs::CryptPbkdfType {
+            type_: match self.format {
+                Format::Luks2 => CryptKdf::Argon2Id,
+                Format::Luks1 => CryptKdf::Pbkdf2,
+            },
+            hash: Some("sha256".into()),
+            time_ms: cost.time_ms,
+            iterations: 0,
+            max_memory_kb: cost.memory_kib,
+            parallel_threads: 4,
+            flags: CryptPbkdf::empty(),
+        };
+        self.device
+            .settings_handle()
+            .set_pbkdf_type(&pbkdf)
+            .map_err(luks_error("set PBKDF"))?;
+        self.device
+            .keyslot_handle()
+            .add_by_passphrase(Some(slot), existing_key, new_key)
+            .map_err(luks_error("add keyslot"))
+    }
+
+    /// Writes a backup of the header (keyslots included) to `file`, which must not exist.
+    pub fn backup_header_to(&mut self, file: &Path) -> Result<()> {
+        let format = self.format.encryption_format();
+        self.device
+            .backup_handle()
+            .header_backup(Some(format), file)
+            .map_err(luks_error("back up header"))
+    }
+}
+
+/// What a user keyslot's KDF may cost: cryptsetup's `--iter-time` and `--pbkdf-memory`.
+#[derive(Clone, Copy, Debug)]
+pub struct UserKeyCost {
+    pub time_ms: u32,
+    pub memory_kib: u32,
+}
+
+impl Default for UserKeyCost {
+    /// cryptsetup's defaults for LUKS2.
+    fn default() -> Self {
+        UserKeyCost {
+            time_ms: 2000,
+            memory_kib: 1 << 20,
+        }
+    }
+}
+
+/// Puts the LUKS2 header backup `backup` onto `device`, whose own header may be unreadable.
+pub fn restore_header(device: &Path, backup: &Path) -> Result<()> {
+    let mut target = CryptInit::init(device).map_err(|e| Error::Luks {
+        step: "open device",
+        detail: format!("{}: {e}", device.display()),
+    })?;
+    target
+        .backup_handle()
+        .header_restore(Some(EncryptionFormat::Luks2), backup)
+        .map_err(luks_error("restore header"))
 }

@@ -100,7 +100,7 @@ pub(super) fn release(device: &mut CryptDevice, token: u32, slot: u32) -> Result
     }
 }
 
-fn remove(device: &mut CryptDevice, token: u32) -> Result<()> {
+pub(super) fn remove(device: &mut CryptDevice, token: u32) -> Result<()> {
     device
         .token_handle()
         .json_set(TokenInput::RemoveToken(token))
@@ -143,4 +143,29 @@ pub(super) fn keyring_description(device: &mut CryptDevice, token: u32) -> Resul
             other.unwrap_or("(none)")
         ))),
     }
+}
+
+/// Every token of the header with its JSON, by id.
+pub(super) fn all(device: &mut CryptDevice) -> Vec<(u32, Value)> {
+    (0..TOKENS)
+        .filter_map(|token| {
+            device
+                .token_handle()
+                .json_get(token)
+                .ok()
+                .map(|json| (token, json))
+        })
+        .collect()
+}
+
+/// Writes `json` as token `id` (replacing what is there), or as a new token; returns its id.
+pub(super) fn write(device: &mut CryptDevice, id: Option<u32>, json: &Value) -> Result<u32> {
+    let input = match id {
+        Some(id) => TokenInput::ReplaceToken(id, json),
+        None => TokenInput::AddToken(json),
+    };
+    device
+        .token_handle()
+        .json_set(input)
+        .map_err(luks_error("write token"))
 }
