@@ -1,5 +1,6 @@
 //! Standalone boot, for hand-built images: every LUKS device with a clevis binding is
-//! opened through the network while a passphrase typed on the console races it.
+//! opened through the network while a passphrase typed on the console races it; a
+//! sovereign one only through the console.
 
 use std::io::BufRead;
 use std::os::fd::AsFd;
@@ -37,7 +38,8 @@ enum Opened {
 }
 
 /// Opens every LUKS2 device that has a clevis binding (or the `devices` given), racing
-/// the network against a passphrase typed on standard input.
+/// the network against a passphrase typed on standard input. A sovereign volume is only
+/// asked for on standard input, at once.
 pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<()> {
     let candidates = if devices.is_empty() {
         block_devices()
@@ -52,7 +54,7 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
         };
         // A sovereign volume is asked for on the console only, at once.
         let networked = !bindings(&mut volume).is_empty();
-        if !networked && volume.marker().is_none() {
+        if !networked && !(prompt && volume.marker().is_some()) {
             continue;
         }
         let name = format!("luks-{}", volume.uuid()?);
