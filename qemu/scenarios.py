@@ -163,7 +163,9 @@ class Generator:
 
 class Minimal(Generator):
     name = "minimal"
-    prompt = r"Passphrase for .* \(or wait for the network\)"
+    # "Passphrase for /dev/vda (or wait for the network): ", or without the network part
+    # for a sovereign volume.
+    prompt = r"Passphrase for /dev/\S+"
 
     def __init__(self, kdir, build):
         self.kdir = kdir
@@ -368,6 +370,72 @@ def luks1_stock_clevis(gen, kdir, work):
         server.stop()
 
 
+def mode_json(image):
+    out = subprocess.run([UNLOCK, "mode", "-d", image, "--json"], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout)
+
+
+def sovereign(gen, kdir, work):
+    """A sovereign root: the marker stops the network path before any request, the typed
+    user key opens it, and the server destroyed the device's keys when told."""
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "sovereign.img")
+        bind(image, ("tang", device_config(server, work, "sovereign")), work, "sovereign")
+        keyfile = os.path.join(work, "sovereign.pass")
+        # The binding names the guest's address; the host reaches the same server here.
+        subprocess.run([UNLOCK, "mode", "-d", image, "sovereign", "-k", keyfile,
+                        "--server", server.env["NBDE_SERVER"]],
+                       check=True, capture_output=True, env=server.env)
+        shown = mode_json(image)
+        assert shown["mode"] == "sovereign" and shown["marker"]["servers"][0]["told"], shown
+        device = json.loads(server.admin("device", "show", "ci/sovereign", "--json"))
+        assert device["state"] == "retired" and device["mode"]["mode"] == "sovereign", device
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-sovereign",
+                     [("typed", ""), ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"typed": (gen.prompt, lambda b: b.type(PASSPHRASE))})
+        rows = server.history("ci/sovereign")
+        assert rows == [], rows
+        return (f"prompt at {t['typed']:.1f} s, typed user key, root at {t['root']:.1f} s; "
+                f"server history for it: 0 requests")
+    finally:
+        server.stop()
+
+
+def managed_user(gen, kdir, work):
+    """managed -> managed+user with a generated recovery key (Argon2id, systemd's form): the
+    root boots through the network, and, the server refusing, with the typed recovery key."""
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "mu.img")
+        guest = device_config(server, work, "mu")
+        # Bound first to the address the host reaches, so the host can prove the network
+        # path while changing modes; then pointed at the guest's address with `luks edit`.
+        host = dict(guest, url=guest["url"].replace(boot.guest_url(0), server.env["NBDE_SERVER"]))
+        bind(image, ("tang", host), work, "mu")
+        run = lambda *a: subprocess.run([UNLOCK, *a], check=True, capture_output=True, text=True)
+        run("mode", "-d", image, "managed", "--force")
+        assert mode_json(image)["mode"] == "managed"
+        key = run("mode", "-d", image, "managed+user", "--recovery-key", "--iter-time", "100",
+                  "--pbkdf-memory", "32768").stdout.strip()
+        run("luks", "edit", "-d", image, "-s", "1", "-c", json.dumps(guest))
+        shown = mode_json(image)
+        kinds = sorted(k["kind"] + ":" + str(k.get("token")) for k in shown["keyslots"])
+        assert shown["mode"] == "managed+user" and kinds == ["network:None", "user:systemd-recovery"], shown
+        t1 = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-mu-network",
+                      [("nbde", r"nbde-unlock"), ("root", "NBDE-ROOT-MOUNTED")])
+        assert server.history("ci/mu")[0]["decision"] == "allowed"
+        server.admin("device", "disable", "ci/mu")
+        t2 = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-mu-typed",
+                      [("refused", r"refused by policy \(disabled\)"), ("typed", ""),
+                       ("root", "NBDE-ROOT-MOUNTED")],
+                      actions={"typed": (gen.prompt, lambda b: b.type(key))})
+        return (f"network: root at {t1['root']:.1f} s; refused, typed recovery key: root at "
+                f"{t2['root']:.1f} s")
+    finally:
+        server.stop()
+
 SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
@@ -376,6 +444,14 @@ SCENARIOS = {
     "stock-tangd": stock_tangd,
     "sss-one-dead": sss_one_dead,
     "luks1-stock-clevis": luks1_stock_clevis,
+    "sovereign": sovereign,
+    "managed-user": managed_user,
+}
+
+# Scenarios that prove a mode need one hand-built and one real generator, not every one.
+ONLY_ON = {
+    "sovereign": {"minimal", "dracut"},
+    "managed-user": {"minimal", "dracut"},
 }
 
 
@@ -398,6 +474,8 @@ def main():
     rows = []
     for gen in generators:
         for name in args.scenario or list(SCENARIOS):
+            if not args.scenario and gen.name not in ONLY_ON.get(name, {gen.name}):
+                continue
             work = tempfile.mkdtemp(prefix=f"nbde-{gen.name}-{name}-")
             start = time.monotonic()
             try:
