@@ -176,9 +176,7 @@ fn sovereign_tells_the_server_and_leaves_no_key_or_blob_on_its_disk() {
     t.server
         .admin_ok(&["device", "escrow", "get", "acme/web1", "--out", s(&blob)]);
     let blob = std::fs::read_to_string(&blob).unwrap();
-    let blob_piece = blob.trim().rsplit('.').nth(1).unwrap()[1000..1064]
-        .as_bytes()
-        .to_vec();
+    let blob_piece = blob.trim().rsplit('.').nth(1).unwrap().as_bytes()[1000..1064].to_vec();
     let exchange = server_private_keys(t.server.data.path())
         .into_iter()
         .find(|k| k.allows("deriveKey"))

@@ -54,7 +54,8 @@ pub fn standalone(devices: Vec<PathBuf>, ctx: &Context, prompt: bool) -> Result<
         };
         // A sovereign volume is asked for on the console only, at once.
         let networked = !bindings(&mut volume).is_empty();
-        if !networked && !(prompt && volume.marker().is_some()) {
+        let asked_on_console = prompt && volume.marker().is_some();
+        if !networked && !asked_on_console {
             continue;
         }
         let name = format!("luks-{}", volume.uuid()?);
