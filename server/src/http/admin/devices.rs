@@ -214,6 +214,8 @@ pub(super) async fn mode(
     headers: HeaderMap,
     Json(body): Json<ModeReport>,
 ) -> Result<Json<Device>> {
+    // Who may report comes before what was reported, as in every other verb.
+    caller.require(&path.0, Role::Owner)?;
     let mode = Mode::parse(&body.mode).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "mode {:?}: use managed, managed+user or sovereign",
