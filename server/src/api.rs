@@ -100,6 +100,12 @@ pub struct Device {
     /// The allowance an allow-once made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_once: Option<i64>,
+    /// The volume's mode as its machine last reported it; null if never reported.
+    #[serde(default)]
+    pub mode: Option<DeviceMode>,
+    /// The encrypted header backup held for the device (not its content); null if none.
+    #[serde(default)]
+    pub escrow: Option<EscrowInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -118,6 +124,104 @@ pub struct SourceChange {
     pub add: Vec<String>,
     #[serde(default)]
     pub rm: Vec<String>,
+}
+
+// ---- volume modes and header escrow ----
+
+/// How a machine's volume is unlocked, as the machine reports it. `Sovereign` means the
+/// managed path is gone: the server destroys the device's keys and escrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    #[serde(rename = "managed")]
+    Managed,
+    #[serde(rename = "managed+user")]
+    ManagedUser,
+    #[serde(rename = "sovereign")]
+    Sovereign,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "managed" => Some(Mode::Managed),
+            "managed+user" => Some(Mode::ManagedUser),
+            "sovereign" => Some(Mode::Sovereign),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Managed => "managed",
+            Mode::ManagedUser => "managed+user",
+            Mode::Sovereign => "sovereign",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModeReport {
+    /// managed, managed+user or sovereign; checked by the server so the caller learns which.
+    pub mode: String,
+}
+
+/// The last mode report of a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMode {
+    pub mode: Mode,
+    /// Unix seconds.
+    pub reported_at: i64,
+    /// The account that reported it.
+    pub reported_by: String,
+}
+
+/// The largest escrow request or answer: a LUKS2 header backup is 16 MiB before the
+/// machine compresses it, and base64url and JSON add a third.
+pub const MAX_ESCROW_BODY: usize = 64 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewEscrowKey {
+    /// An EC public key (P-256, P-384 or P-521) whose private half the customer keeps.
+    pub jwk: serde_json::Value,
+}
+
+/// An organisation's escrow public key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EscrowKey {
+    pub org: String,
+    /// The RFC 7638 S256 thumbprint: the `kid` an upload's protected header names.
+    pub kid: String,
+    /// The public members as stored.
+    pub jwk: serde_json::Value,
+}
+
+/// A header backup encrypted on the machine to the org's escrow key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewEscrow {
+    /// Compact JWE: ECDH-ES, A256GCM, `kid` of the org's escrow key.
+    pub jwe: String,
+    /// The LUKS UUID of the volume.
+    pub uuid: String,
+}
+
+/// What the server tells about a stored header backup without handing it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowInfo {
+    pub uuid: String,
+    pub kid: String,
+    /// Bytes of the JWE text.
+    pub size: i64,
+    /// Unix seconds.
+    pub uploaded_at: i64,
+    pub uploaded_by: String,
+}
+
+/// A stored header backup with its content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EscrowBlob {
+    #[serde(flatten)]
+    pub info: EscrowInfo,
+    pub jwe: String,
 }
 
 // ---- network-access lists ----

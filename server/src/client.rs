@@ -69,7 +69,13 @@ impl Client {
     ) -> Result<T, String> {
         let mut response = result.map_err(|e| format!("{url}: {e}"))?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
+        // Room for a header backup (ureq's own limit is 10 MB).
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ESCROW_BODY as u64 + (1 << 20))
+            .read_to_string()
+            .unwrap_or_default();
         if !(200..300).contains(&status) {
             // A problem document says what was wrong in `detail`, else in `type`.
             let problem: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -138,9 +144,51 @@ impl Client {
         self.get(&format!("/orgs/{org}/devices"))
     }
 
+    pub fn device(&self, org: &str, device: &str) -> Result<Device, String> {
+        self.get(&format!("/orgs/{org}/devices/{device}"))
+    }
+
     /// disable, enable, rotate, retire or allow-once on `org/device`.
     pub fn device_verb(&self, org: &str, device: &str, verb: &str) -> Result<Device, String> {
         self.post_empty(&format!("/orgs/{org}/devices/{device}/{verb}"))
+    }
+
+    // ---- volume modes and header escrow ----
+
+    pub fn report_mode(&self, org: &str, device: &str, mode: Mode) -> Result<Device, String> {
+        let report = ModeReport {
+            mode: mode.as_str().into(),
+        };
+        self.post(&format!("/orgs/{org}/devices/{device}/mode"), Some(&report))
+    }
+
+    pub fn set_escrow_key(&self, org: &str, key: &NewEscrowKey) -> Result<EscrowKey, String> {
+        self.post(&format!("/orgs/{org}/escrow-key"), Some(key))
+    }
+
+    pub fn escrow_key(&self, org: &str) -> Result<EscrowKey, String> {
+        self.get(&format!("/orgs/{org}/escrow-key"))
+    }
+
+    /// What the machine does: its header backup, encrypted there to the org's escrow key.
+    pub fn put_escrow(
+        &self,
+        org: &str,
+        device: &str,
+        upload: &NewEscrow,
+    ) -> Result<EscrowInfo, String> {
+        self.post(
+            &format!("/orgs/{org}/devices/{device}/escrow"),
+            Some(upload),
+        )
+    }
+
+    pub fn escrow(&self, org: &str, device: &str) -> Result<EscrowBlob, String> {
+        self.get(&format!("/orgs/{org}/devices/{device}/escrow"))
+    }
+
+    pub fn rm_escrow(&self, org: &str, device: &str) -> Result<Removed, String> {
+        self.post_empty(&format!("/orgs/{org}/devices/{device}/escrow/rm"))
     }
 
     // ---- where a device may unlock from ----

@@ -12,7 +12,7 @@ use nbde_server::api::Role;
 use nbde_server::http::admin::{new_token, token_hash};
 use nbde_server::http::{AppState, Settings, app};
 use nbde_server::keys;
-use nbde_server::store::Store;
+use nbde_server::store::{EscrowKeyRow, NewEscrowRow, Store};
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -30,6 +30,25 @@ struct Endpoint {
     path: &'static str,
     body: Option<serde_json::Value>,
     needs: Needs,
+}
+
+const UUID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e";
+
+/// One escrow key for both orgs, so a fixed upload body fits whichever org is asked.
+fn escrow_key() -> (nbde_proto::Jwk, String) {
+    let secret = nbde_proto::EcScalar::from_bytes(nbde_proto::Curve::P256, &[7; 32]).unwrap();
+    let jwk = nbde_proto::Jwk::from_point(&secret.public_point());
+    let kid = jwk.thumbprint(nbde_proto::ThumbprintHash::S256).unwrap();
+    (jwk, kid)
+}
+
+fn sealed_header_backup() -> String {
+    let (jwk, kid) = escrow_key();
+    let mut header = serde_json::Map::new();
+    header.insert("kid".into(), kid.into());
+    nbde_proto::Jwe::encrypt_ecdh_es(header, &jwk.point().unwrap(), b"header")
+        .unwrap()
+        .to_compact()
 }
 
 fn endpoints() -> Vec<Endpoint> {
@@ -57,6 +76,48 @@ fn endpoints() -> Vec<Endpoint> {
             "POST",
             "/admin/v1/orgs/{org}/devices",
             Some(json!({"name": "new", "curve": "P-256"})),
+            Min(Role::Owner),
+        ),
+        e(
+            "GET",
+            "/admin/v1/orgs/{org}/devices/dev",
+            None,
+            Min(Role::Viewer),
+        ),
+        e(
+            "POST",
+            "/admin/v1/orgs/{org}/devices/dev/mode",
+            Some(json!({"mode": "managed"})),
+            Min(Role::Owner),
+        ),
+        e(
+            "GET",
+            "/admin/v1/orgs/{org}/escrow-key",
+            None,
+            Min(Role::Viewer),
+        ),
+        e(
+            "POST",
+            "/admin/v1/orgs/{org}/escrow-key",
+            Some(json!({"jwk": escrow_key().0.to_value()})),
+            Min(Role::Owner),
+        ),
+        e(
+            "POST",
+            "/admin/v1/orgs/{org}/devices/dev/escrow",
+            Some(json!({"jwe": sealed_header_backup(), "uuid": UUID})),
+            Min(Role::Owner),
+        ),
+        e(
+            "GET",
+            "/admin/v1/orgs/{org}/devices/dev/escrow",
+            None,
+            Min(Role::Owner),
+        ),
+        e(
+            "POST",
+            "/admin/v1/orgs/{org}/devices/dev/escrow/rm",
+            None,
             Min(Role::Owner),
         ),
         e(
@@ -219,6 +280,25 @@ fn fixture() -> Fixture {
         store
             .set_tags(org, "dev", &[("tier".into(), "db".into())])
             .unwrap();
+        let (jwk, kid) = escrow_key();
+        let jwk = jwk.to_value().to_string();
+        let jwe = sealed_header_backup();
+        let row = NewEscrowRow {
+            uuid: UUID,
+            kid: &kid,
+            jwe: &jwe,
+            by: "owner",
+        };
+        store
+            .set_escrow_key(
+                org,
+                &EscrowKeyRow {
+                    kid: kid.clone(),
+                    jwk,
+                },
+            )
+            .unwrap();
+        store.put_escrow(org, "dev", &row).unwrap();
         // In both orgs the approver account is a group approver, but it is a member of "a" only.
         store
             .group_add(

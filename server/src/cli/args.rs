@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
+mod device;
+pub use device::*;
+
 #[derive(FromArgs)]
 /// nbde-server: a Tang-compatible server with per-device keys, unlock policy and history.
 pub struct Args {
@@ -415,6 +418,22 @@ pub enum OrgCommand {
     Add(OrgAdd),
     List(OrgList),
     Set(OrgSet),
+    EscrowKey(OrgEscrowKey),
+}
+
+#[derive(FromArgs)]
+/// The organisation's escrow public key: set it from a JWK file, or show it.
+#[argh(subcommand, name = "escrow-key")]
+pub struct OrgEscrowKey {
+    #[argh(positional)]
+    pub org: String,
+    /// a file holding the public JWK (EC P-256, P-384 or P-521; the private half stays
+    /// with you)
+    #[argh(option)]
+    pub jwk: Option<PathBuf>,
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs)]
@@ -453,108 +472,6 @@ pub struct OrgList {
     #[argh(switch)]
     pub json: bool,
 }
-
-#[derive(FromArgs)]
-/// Devices.
-#[argh(subcommand, name = "device")]
-pub struct DeviceArgs {
-    #[argh(subcommand)]
-    pub command: DeviceCommand,
-}
-
-#[derive(FromArgs)]
-#[argh(subcommand)]
-pub enum DeviceCommand {
-    Add(DeviceAdd),
-    List(DeviceList),
-    Disable(DeviceDisable),
-    Enable(DeviceEnable),
-    Rotate(DeviceRotate),
-    Retire(DeviceRetire),
-    Tag(DeviceTag),
-}
-
-#[derive(FromArgs)]
-/// Set tags on a device (KEY=VALUE…); approval groups match them.
-#[argh(subcommand, name = "tag")]
-pub struct DeviceTag {
-    /// ORG/DEVICE
-    #[argh(positional)]
-    pub device: String,
-    /// KEY=VALUE
-    #[argh(positional)]
-    pub tags: Vec<String>,
-    /// print JSON
-    #[argh(switch)]
-    pub json: bool,
-}
-
-#[derive(FromArgs)]
-/// Add a device: prints its unlock URL and the thp to pin.
-#[argh(subcommand, name = "add")]
-pub struct DeviceAdd {
-    /// the organisation
-    #[argh(option)]
-    pub org: String,
-    #[argh(positional)]
-    pub name: String,
-    /// exchange key curve: P-256, P-384 or P-521 (default)
-    #[argh(option)]
-    pub curve: Option<String>,
-    /// print JSON
-    #[argh(switch)]
-    pub json: bool,
-}
-
-#[derive(FromArgs)]
-/// List devices.
-#[argh(subcommand, name = "list")]
-pub struct DeviceList {
-    /// only this organisation
-    #[argh(option)]
-    pub org: Option<String>,
-    /// print JSON
-    #[argh(switch)]
-    pub json: bool,
-}
-
-/// One struct per device action verb: argh names a subcommand by its type.
-macro_rules! device_action {
-    ($type:ident, $name:literal, $doc:literal) => {
-        #[derive(FromArgs)]
-        #[doc = $doc]
-        #[argh(subcommand, name = $name)]
-        pub struct $type {
-            /// ORG/DEVICE
-            #[argh(positional)]
-            pub device: String,
-            /// print JSON
-            #[argh(switch)]
-            pub json: bool,
-        }
-    };
-}
-
-device_action!(
-    DeviceDisable,
-    "disable",
-    "Refuse every recovery of a device."
-);
-device_action!(
-    DeviceEnable,
-    "enable",
-    "Take part in a device's recoveries again."
-);
-device_action!(
-    DeviceRotate,
-    "rotate",
-    "Advertise a new exchange key; the old ones still recover until the device is retired."
-);
-device_action!(
-    DeviceRetire,
-    "retire",
-    "Destroy a device's exchange keys: its managed unlock path is gone for good."
-);
 
 #[derive(FromArgs)]
 /// Show the decision history, newest first.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 pub use args::Args;
 use args::*;
 use nbde_server::api::{
-    AuditQuery, HistoryQuery, Netlist, NewAccount, NewDevice, NewGroup, OrgSettings, RequestQuery,
-    SourceChange, Tags,
+    AuditQuery, HistoryQuery, Mode, Netlist, NewAccount, NewDevice, NewEscrowKey, NewGroup,
+    OrgSettings, RequestQuery, SourceChange, Tags,
 };
 use nbde_server::client::Client;
 use nbde_server::policy::Verdict;
@@ -170,6 +170,19 @@ fn org(client: &Client, command: OrgCommand) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
+        OrgCommand::EscrowKey(a) => {
+            let key = match &a.jwk {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let jwk = serde_json::from_str(&text)
+                        .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+                    client.set_escrow_key(&a.org, &NewEscrowKey { jwk })?
+                }
+                None => client.escrow_key(&a.org)?,
+            };
+            output(&key, a.json, print::escrow_key);
+        }
     }
     Ok(())
 }
@@ -215,6 +228,21 @@ fn device(client: &Client, command: DeviceCommand) -> Result<(), String> {
             output(&client.tag(org, device, &tags)?, a.json, device_line);
             return Ok(());
         }
+        DeviceCommand::Show(a) => {
+            let (org, device) = split_device(&a.device)?;
+            output(&client.device(org, device)?, a.json, print::device_detail);
+            return Ok(());
+        }
+        DeviceCommand::Mode(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let mode = Mode::parse(&a.mode).ok_or_else(|| {
+                format!("mode {:?}: use managed, managed+user or sovereign", a.mode)
+            })?;
+            let v = client.report_mode(org, device, mode)?;
+            output(&v, a.json, print::device_detail);
+            return Ok(());
+        }
+        DeviceCommand::Escrow(EscrowArgs { command }) => return escrow(client, command),
         DeviceCommand::Disable(a) => (a.device, "disable", a.json),
         DeviceCommand::Enable(a) => (a.device, "enable", a.json),
         DeviceCommand::Rotate(a) => (a.device, "rotate", a.json),
@@ -223,6 +251,50 @@ fn device(client: &Client, command: DeviceCommand) -> Result<(), String> {
     let (org, device) = split_device(&spec)?;
     output(&client.device_verb(org, device, verb)?, json, device_line);
     Ok(())
+}
+
+fn escrow(client: &Client, command: EscrowCommand) -> Result<(), String> {
+    match command {
+        EscrowCommand::Get(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let blob = client.escrow(org, device)?;
+            match &a.out {
+                Some(path) => {
+                    write_private(path, blob.jwe.as_bytes())?;
+                    output(&blob.info, a.json, |i| {
+                        format!("{}: {}", path.display(), print::escrow_line(i))
+                    });
+                }
+                None => output(&blob, a.json, |b| b.jwe.clone()),
+            }
+        }
+        EscrowCommand::Rm(a) => {
+            let (org, device) = split_device(&a.device)?;
+            output(&client.rm_escrow(org, device)?, a.json, |v| {
+                format!("removed the header backup of {}", v.removed)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path`, readable by its owner only (also when the file existed).
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    // Before the content goes in: `mode` applies only to a file this call created.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(fail)?;
+    file.write_all(data).map_err(fail)?;
+    file.sync_all().map_err(fail)
 }
 
 fn netlist(client: &Client, command: NetlistCommand) -> Result<(), String> {

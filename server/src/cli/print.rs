@@ -1,7 +1,9 @@
 //! What the admin verbs print: the answer as JSON with `--json`, else lines for people
 //! (tab-separated where scripts may cut them).
 
-use nbde_server::api::{AuditList, Device, GroupList, HistoryList, NetlistList, RequestList};
+use nbde_server::api::{
+    AuditList, Device, EscrowInfo, EscrowKey, GroupList, HistoryList, NetlistList, RequestList,
+};
 use serde::Serialize;
 
 pub fn print_json(value: &impl Serialize) {
@@ -49,6 +51,39 @@ pub fn device_line(d: &Device) -> String {
         d.thp.as_deref().unwrap_or(""),
         d.source,
     )
+}
+
+/// One device with its reported mode and header backup, a line each.
+pub fn device_detail(d: &Device) -> String {
+    let mode = match &d.mode {
+        Some(m) => format!(
+            "mode: {} (reported {} by {})",
+            m.mode.as_str(),
+            utc(m.reported_at),
+            m.reported_by
+        ),
+        None => "mode: not reported".into(),
+    };
+    let escrow = match &d.escrow {
+        Some(e) => format!("escrow: {}", escrow_line(e)),
+        None => "escrow: none".into(),
+    };
+    format!("{}\n{mode}\n{escrow}", device_line(d))
+}
+
+pub fn escrow_line(e: &EscrowInfo) -> String {
+    format!(
+        "uuid={}\tkid={}\tsize={}\tuploaded {} by {}",
+        e.uuid,
+        e.kid,
+        e.size,
+        utc(e.uploaded_at),
+        e.uploaded_by
+    )
+}
+
+pub fn escrow_key(k: &EscrowKey) -> String {
+    format!("{}\tkid={}\t{}", k.org, k.kid, json_text(&k.jwk))
 }
 
 fn json_text(value: &impl Serialize) -> String {

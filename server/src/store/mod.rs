@@ -4,13 +4,18 @@
 //!
 //! Every call blocks (a backend may wait on fsync or the network): async code calls it
 //! through `spawn_blocking`.
+//!
+//! Destroyed means gone: a change that deletes exchange keys or an escrow blob leaves an
+//! erasure pending, and `erase_destroyed` removes every copy the backend left on disk.
 
 pub mod history;
 pub mod sqlite;
 
 use std::path::Path;
 
-use crate::api::{AuditEntry, Group, HistoryEntry, Request, Role};
+use crate::api::{
+    AuditEntry, DeviceMode, EscrowBlob, EscrowInfo, Group, HistoryEntry, Mode, Request, Role,
+};
 use crate::net::Cidr;
 use crate::policy::{DeviceState, Effect, Snapshot, Verdict};
 use history::{Entry, HistorySink};
@@ -65,11 +70,30 @@ pub struct DeviceRow {
     pub exchange_keys: Vec<(String, bool)>,
 }
 
+/// An organisation's escrow public key as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EscrowKeyRow {
+    /// The RFC 7638 S256 thumbprint.
+    pub kid: String,
+    /// The public JWK text.
+    pub jwk: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Account {
     pub id: i64,
     pub name: String,
     pub is_admin: bool,
+}
+
+/// A header backup to store: checked by the caller against the org's escrow key `kid`.
+#[derive(Clone, Copy, Debug)]
+pub struct NewEscrowRow<'a> {
+    pub uuid: &'a str,
+    pub kid: &'a str,
+    pub jwe: &'a str,
+    /// The uploading account.
+    pub by: &'a str,
 }
 
 /// Who may decide a request: its org, the approvers of the groups its device matches, and
@@ -90,10 +114,35 @@ pub trait Devices {
     fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64>;
     /// Every device with its exchange keys, by org and name.
     fn devices(&self) -> Result<Vec<DeviceRow>>;
-    /// Retiring deletes the exchange keys; a retired device stays retired (Conflict).
+    /// Retiring deletes the exchange keys and the escrow blob (an erasure is then pending);
+    /// a retired device stays retired (Conflict).
     fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()>;
     /// A new advertised exchange key; older ones stop being advertised but still recover.
     fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()>;
+    /// Records the mode the device's machine reported, by account `by`. `Sovereign`
+    /// retires the device in the same transaction, as retiring does, and may be reported
+    /// again; a managed mode of a retired device is a Conflict.
+    fn report_mode(&self, org: &str, name: &str, mode: Mode, by: &str) -> Result<()>;
+    /// The last mode report, None if there was none.
+    fn device_mode(&self, org: &str, name: &str) -> Result<Option<DeviceMode>>;
+    /// Erases from disk every copy of what was deleted since the last erasure (exchange
+    /// keys, escrow blobs). Unavailable if that cannot be confirmed: the deletion stays
+    /// committed and the erasure pending, for the next call or the next open.
+    fn erase_destroyed(&self) -> Result<()>;
+}
+
+/// Organisations' escrow public keys and devices' encrypted header backups.
+pub trait Escrow {
+    /// Sets the org's escrow public key, replacing the one it had.
+    fn set_escrow_key(&self, org: &str, key: &EscrowKeyRow) -> Result<()>;
+    fn escrow_key(&self, org: &str) -> Result<Option<EscrowKeyRow>>;
+    /// Stores the device's backup, replacing the one it had (an erasure is then pending).
+    /// Conflict if the device is retired or `kid` is no longer the org's escrow key.
+    fn put_escrow(&self, org: &str, device: &str, upload: &NewEscrowRow<'_>) -> Result<EscrowInfo>;
+    fn escrow_info(&self, org: &str, device: &str) -> Result<Option<EscrowInfo>>;
+    fn escrow(&self, org: &str, device: &str) -> Result<Option<EscrowBlob>>;
+    /// Deletes the device's backup (an erasure is then pending); NotFound if it has none.
+    fn rm_escrow(&self, org: &str, device: &str) -> Result<()>;
 }
 
 /// Source allowlists, the org's require-source setting, network-access lists and tags.
@@ -174,9 +223,15 @@ pub trait Rec {
     fn healthy(&self) -> bool;
 }
 
-pub trait Backend: Devices + Sources + Approvals + Accounts + Audit + Rec + Send + Sync {}
+pub trait Backend:
+    Devices + Escrow + Sources + Approvals + Accounts + Audit + Rec + Send + Sync
+{
+}
 
-impl<T: Devices + Sources + Approvals + Accounts + Audit + Rec + Send + Sync> Backend for T {}
+impl<T: Devices + Escrow + Sources + Approvals + Accounts + Audit + Rec + Send + Sync> Backend
+    for T
+{
+}
 
 /// The store the server runs on: any backend, called through the family traits.
 pub struct Store(Box<dyn Backend>);

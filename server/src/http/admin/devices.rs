@@ -1,5 +1,5 @@
-//! Organisations and devices: creating them, listing them, a device's lifecycle and key
-//! rotation.
+//! Organisations and devices: creating them, listing and showing them, a device's
+//! lifecycle, key rotation and the mode its machine reports.
 
 use std::sync::Arc;
 
@@ -9,7 +9,9 @@ use axum::http::HeaderMap;
 use nbde_proto::Curve;
 
 use super::{Caller, changed, device_view, host_of, run, valid_name};
-use crate::api::{Device, DeviceList, NewDevice, NewOrg, Org, OrgCreated, OrgList, Role};
+use crate::api::{
+    Device, DeviceList, Mode, ModeReport, NewDevice, NewOrg, Org, OrgCreated, OrgList, Role,
+};
 use crate::error::{ApiError, Result};
 use crate::http::AppState;
 use crate::keys;
@@ -109,13 +111,37 @@ pub(super) async fn add(
     .await
 }
 
-/// A lifecycle or key change of one device, audited as `device {verb}`.
-async fn device_verb(
+pub(super) async fn show(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((org, device)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Device>> {
+    let host = host_of(&headers);
+    run(state, move |s| {
+        caller.require(&org, Role::Viewer)?;
+        device_view(s, &org, &device, host.as_deref())
+    })
+    .await
+}
+
+/// What a device change does to key material.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    Kept,
+    /// Deleted: once the change is in the trail and the key ring reloaded, the freed
+    /// copies are erased from disk. In that order, so a 500 for an erasure that could not
+    /// be confirmed still leaves the trail and the ring right.
+    Destroyed,
+}
+
+/// A lifecycle, key or mode change of one device, audited as `action`.
+async fn device_change(
     state: Arc<AppState>,
     caller: Caller,
     (org, device): (String, String),
     headers: HeaderMap,
-    verb: &'static str,
+    (action, keys): (String, Keys),
     apply: impl FnOnce(&AppState, &str, &str) -> Result<()> + Send + 'static,
 ) -> Result<Json<Device>> {
     let host = host_of(&headers);
@@ -123,10 +149,26 @@ async fn device_verb(
         caller.require(&org, Role::Owner)?;
         apply(s, &org, &device)?;
         let target = format!("{org}/{device}");
-        changed(s, &caller, Some(&org), &format!("device {verb}"), &target)?;
+        changed(s, &caller, Some(&org), &action, &target)?;
+        if keys == Keys::Destroyed {
+            s.store.erase_destroyed()?;
+        }
         device_view(s, &org, &device, host.as_deref())
     })
     .await
+}
+
+/// A change audited as `device {verb}`.
+async fn device_verb(
+    state: Arc<AppState>,
+    caller: Caller,
+    path: (String, String),
+    headers: HeaderMap,
+    verb: &'static str,
+    apply: impl FnOnce(&AppState, &str, &str) -> Result<()> + Send + 'static,
+) -> Result<Json<Device>> {
+    let change = (format!("device {verb}"), Keys::Kept);
+    device_change(state, caller, path, headers, change, apply).await
 }
 
 fn set_state(state: DeviceState) -> impl FnOnce(&AppState, &str, &str) -> Result<()> {
@@ -160,7 +202,42 @@ pub(super) async fn retire(
     headers: HeaderMap,
 ) -> Result<Json<Device>> {
     let apply = set_state(DeviceState::Retired);
-    device_verb(state, caller, path, headers, "retire", apply).await
+    let change = ("device retire".to_owned(), Keys::Destroyed);
+    device_change(state, caller, path, headers, change, apply).await
+}
+
+/// The machine's report of its volume's mode; `sovereign` retires the device.
+pub(super) async fn mode(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<ModeReport>,
+) -> Result<Json<Device>> {
+    // Who may report comes before what was reported, as in every other verb.
+    caller.require(&path.0, Role::Owner)?;
+    let mode = Mode::parse(&body.mode).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "mode {:?}: use managed, managed+user or sovereign",
+            body.mode
+        ))
+    })?;
+    let keys = if mode == Mode::Sovereign {
+        Keys::Destroyed
+    } else {
+        Keys::Kept
+    };
+    let by = caller.name().to_owned();
+    let change = (format!("device mode {}", mode.as_str()), keys);
+    device_change(
+        state,
+        caller,
+        path,
+        headers,
+        change,
+        move |s, org, device| Ok(s.store.report_mode(org, device, mode, &by)?),
+    )
+    .await
 }
 
 pub(super) async fn rotate(

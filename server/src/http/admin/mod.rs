@@ -12,12 +12,13 @@ mod accounts;
 mod approvals;
 mod audit;
 mod devices;
+mod escrow;
 mod policy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
@@ -25,7 +26,7 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
 use super::{AppState, blocking};
-use crate::api::{Device, Role};
+use crate::api::{Device, MAX_ESCROW_BODY, Role};
 use crate::error::{ApiError, Result};
 use crate::net::Cidr;
 use crate::store::Account;
@@ -156,6 +157,17 @@ fn tag_pairs(tags: &BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
     Ok(tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
+/// Records an admin action in the audit trail.
+fn audited(
+    state: &AppState,
+    caller: &Caller,
+    org: Option<&str>,
+    action: &str,
+    target: &str,
+) -> Result<()> {
+    Ok(state.store.audit_in(org, caller.name(), action, target)?)
+}
+
 /// Records an admin change and reloads the keys the tang routes use.
 fn changed(
     state: &AppState,
@@ -164,7 +176,7 @@ fn changed(
     action: &str,
     target: &str,
 ) -> Result<()> {
-    state.store.audit_in(org, caller.name(), action, target)?;
+    audited(state, caller, org, action, target)?;
     state.reload_keys()
 }
 
@@ -215,6 +227,8 @@ fn device_view(state: &AppState, org: &str, name: &str, host: Option<&str>) -> R
         netlists,
         tags,
         allow_once: None,
+        mode: state.store.device_mode(org, name)?,
+        escrow: state.store.escrow_info(org, name)?,
     })
 }
 
@@ -223,10 +237,23 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/orgs", get(devices::list_orgs).post(devices::add_org))
         .route("/orgs/{org}/devices", get(devices::list).post(devices::add))
+        .route(device, get(devices::show))
         .route(&format!("{device}/disable"), post(devices::disable))
         .route(&format!("{device}/enable"), post(devices::enable))
         .route(&format!("{device}/retire"), post(devices::retire))
         .route(&format!("{device}/rotate"), post(devices::rotate))
+        .route(&format!("{device}/mode"), post(devices::mode))
+        .route(
+            "/orgs/{org}/escrow-key",
+            get(escrow::key).post(escrow::set_key),
+        )
+        .route(
+            &format!("{device}/escrow"),
+            get(escrow::get)
+                .post(escrow::put)
+                .layer(DefaultBodyLimit::max(MAX_ESCROW_BODY)),
+        )
+        .route(&format!("{device}/escrow/rm"), post(escrow::rm))
         .route("/orgs/{org}/settings", post(policy::org_settings))
         .route(&format!("{device}/tags"), post(policy::tags))
         .route(&format!("{device}/sources"), post(policy::sources))

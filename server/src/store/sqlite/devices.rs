@@ -1,8 +1,10 @@
-//! Organisations with their signing keys, devices with their exchange keys.
+//! Organisations with their signing keys, devices with their exchange keys, lifecycle and
+//! reported mode.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{Sqlite, conflict_or, parse_column, texts};
+use super::{Sqlite, conflict_or, erasure, parse_column, texts};
+use crate::api::{DeviceMode, Mode};
 use crate::policy::DeviceState;
 use crate::store::{DeviceRow, Devices, OrgRow, Result, StoreError, now};
 
@@ -17,6 +19,23 @@ fn device_is_retired(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<bool> {
 
 fn retired(org: &str, name: &str) -> StoreError {
     StoreError::Conflict(format!("device {org}/{name} is retired"))
+}
+
+/// The managed unlock path is gone for good: no key, no header backup, no way back.
+fn retire(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE devices SET state = ?1 WHERE id = ?2",
+        params![DeviceState::Retired.as_str(), id],
+    )?;
+    tx.execute(
+        "DELETE FROM exchange_keys WHERE device_id = ?1",
+        params![id],
+    )?;
+    tx.execute(
+        "DELETE FROM device_escrow WHERE device_id = ?1",
+        params![id],
+    )?;
+    erasure::mark_pending(tx)
 }
 
 impl Devices for Sqlite {
@@ -124,15 +143,12 @@ impl Devices for Sqlite {
             if device_is_retired(&tx, id)? {
                 return Ok(Err(retired(org, name)));
             }
-            tx.execute(
-                "UPDATE devices SET state = ?1 WHERE id = ?2",
-                params![state.as_str(), id],
-            )?;
             if state == DeviceState::Retired {
-                // The managed unlock path is gone for good: no key, no way back.
+                retire(&tx, id)?;
+            } else {
                 tx.execute(
-                    "DELETE FROM exchange_keys WHERE device_id = ?1",
-                    params![id],
+                    "UPDATE devices SET state = ?1 WHERE id = ?2",
+                    params![state.as_str(), id],
                 )?;
             }
             tx.commit().map(Ok)
@@ -156,5 +172,50 @@ impl Devices for Sqlite {
             )?;
             tx.commit().map(Ok)
         })?
+    }
+
+    fn report_mode(&self, org: &str, name: &str, mode: Mode, by: &str) -> Result<()> {
+        let (id, _) = self.device_row(org, name)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if mode == Mode::Sovereign {
+                // Again on a retired device too: the machine may repeat its report.
+                retire(&tx, id)?;
+            } else if device_is_retired(&tx, id)? {
+                return Ok(Err(StoreError::Conflict(format!(
+                    "device {org}/{name} is retired and has no managed path: bind the volume \
+                     to a new device"
+                ))));
+            }
+            tx.execute(
+                "UPDATE devices SET mode = ?1, mode_reported_at = ?2, mode_reported_by = ?3
+                 WHERE id = ?4",
+                params![mode.as_str(), now(), by, id],
+            )?;
+            tx.commit().map(Ok)
+        })?
+    }
+
+    fn device_mode(&self, org: &str, name: &str) -> Result<Option<DeviceMode>> {
+        let (id, _) = self.device_row(org, name)?;
+        self.with(|c| {
+            c.query_row(
+                "SELECT mode, mode_reported_at, mode_reported_by FROM devices
+                 WHERE id = ?1 AND mode IS NOT NULL",
+                params![id],
+                |r| {
+                    Ok(DeviceMode {
+                        mode: parse_column(r.get(0)?, Mode::parse)?,
+                        reported_at: r.get(1)?,
+                        reported_by: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn erase_destroyed(&self) -> Result<()> {
+        self.locked(erasure::erase_pending)
     }
 }

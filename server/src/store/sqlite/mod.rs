@@ -5,6 +5,8 @@ mod accounts;
 mod approvals;
 mod audit;
 mod devices;
+mod erasure;
+mod escrow;
 mod rec;
 mod sources;
 
@@ -15,19 +17,40 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_policy.sql"),
+    include_str!("../../../migrations/0003_escrow.sql"),
 ];
 
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens a connection with the settings every connection needs.
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = configure(Connection::open(path).map_err(unavailable)?).map_err(unavailable)?;
+    let secure: i64 = conn
+        .pragma_query_value(None, "secure_delete", |r| r.get(0))
+        .map_err(unavailable)?;
+    if secure != 1 {
+        return Err(StoreError::Unavailable(
+            "this SQLite cannot turn secure_delete on".into(),
+        ));
+    }
+    Ok(conn)
+}
+
+fn configure(conn: Connection) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a committed history row survives a power cut, not only a crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Per connection, so on every one: freed cells and pages are zeroed, not left behind
+    // (what it does not cover, `erasure` does).
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    // Statement journals and VACUUM's copy stay in memory: a temporary file would put
+    // page images outside the data directory, where no erasure reaches them.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 
@@ -79,8 +102,10 @@ impl Sqlite {
             let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
         }
         let path = data_dir.join("nbde.sqlite");
-        let mut conn = connect(&path).map_err(unavailable)?;
+        let mut conn = connect(&path)?;
         migrate(&mut conn).map_err(unavailable)?;
+        // An erasure a previous run could not confirm is finished before anything else.
+        erasure::erase_pending(&mut conn)?;
         Ok(Sqlite {
             path,
             conn: Mutex::new(conn),
@@ -93,11 +118,16 @@ impl Sqlite {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<rusqlite::Result<T>> {
+        self.locked(|c| Ok(f(c)))
+    }
+
+    /// Runs `f` on the shared connection.
+    fn locked<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self
             .conn
             .lock()
             .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-        Ok(f(&mut conn))
+        f(&mut conn)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {

@@ -173,7 +173,7 @@ impl Rec for Sqlite {
     }
 
     fn history_sink(&self) -> Result<Box<dyn HistorySink>> {
-        let conn = connect(&self.path).map_err(unavailable)?;
+        let conn = connect(&self.path)?;
         Ok(Box::new(SqliteHistory(conn)))
     }
 
