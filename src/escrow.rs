@@ -128,7 +128,8 @@ pub fn restore(
         .get("jwe")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::Config("the server sent no header backup".into()))?;
-    let jwe = Jwe::parse_compact(text).map_err(Error::proto("escrowed header"))?;
+    let jwe =
+        Jwe::parse_large_compact(text, 2 * MAX_HEADER).map_err(Error::proto("escrowed header"))?;
     let header = open_sealed(&jwe, private_key)?;
     let scratch = Scratch::new()?;
     std::fs::write(scratch.file(), &header[..])

@@ -61,7 +61,13 @@ impl Jwe {
 
     /// Parses the compact form: exactly five dot-separated parts.
     pub fn parse_compact(text: &str) -> Result<Jwe> {
-        if text.len() > MAX_JWE_LEN {
+        Jwe::parse_large_compact(text, MAX_JWE_LEN)
+    }
+
+    /// Parses the compact form of a JWE of up to `max_len` bytes: for payloads larger than
+    /// a pin's, such as an escrowed LUKS header.
+    pub fn parse_large_compact(text: &str, max_len: usize) -> Result<Jwe> {
+        if text.len() > max_len {
             return Err(Error::TooLarge("JWE"));
         }
         let parts: Vec<&str> = text.trim().split('.').collect();
