@@ -149,7 +149,8 @@ class ChrootGenerator:
         if name == "dracut":
             self.append = (f"root=/dev/mapper/luks-{UUID} rd.luks.uuid={UUID} rd.neednet=1 ip=dhcp "
                            "rd.luks.options=timeout=0 rw")
-            self.prompt = r"Please enter passphrase for disk"
+            # systemd says "passphrase or recovery key" when a systemd-recovery token is there.
+            self.prompt = r"Please enter passphrase (or recovery key )?for disk"
         else:
             self.append = "root=/dev/mapper/cryptroot ip=:::::ens3:dhcp rw"
             self.prompt = r"Please unlock disk cryptroot"
