@@ -40,9 +40,14 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        // The header holds the keyslots: overwrite before unlinking.
-        if let Ok(len) = std::fs::metadata(self.file()).map(|m| m.len()) {
-            let _ = std::fs::write(self.file(), vec![0u8; len as usize]);
+        // The header holds the keyslots: overwrite it in place (not truncated, which would
+        // free its blocks first) before unlinking.
+        if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(self.file())
+            && let Ok(meta) = file.metadata()
+        {
+            use std::io::Write;
+            let _ = file.write_all(&vec![0u8; meta.len() as usize]);
+            let _ = file.sync_all();
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -75,11 +80,68 @@ fn escrow_public_key(reply: &Value) -> Result<(Jwk, String)> {
     Ok((jwk, kid))
 }
 
+/// The LUKS2 binary header's magic and the offset of its JSON area.
+const LUKS2_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
+const LUKS2_JSON_OFFSET: usize = 4096;
+
+/// Zeroes the parts of a LUKS2 header backup no keyslot uses. cryptsetup fills the whole
+/// keyslots area with random bytes at format time, so a backup is 16 MiB that do not
+/// compress; only the two header copies and the areas of the keyslots matter to a restore.
+/// A LUKS1 backup (or anything unexpected) is left whole.
+fn clear_unused_areas(backup: &mut [u8]) {
+    if backup.len() < LUKS2_JSON_OFFSET || &backup[..6] != LUKS2_MAGIC {
+        return;
+    }
+    let Ok(header_size) = backup[8..16].try_into().map(u64::from_be_bytes) else {
+        return;
+    };
+    let header_size = header_size as usize;
+    if header_size <= LUKS2_JSON_OFFSET || 2 * header_size > backup.len() {
+        return;
+    }
+    let json_area = &backup[LUKS2_JSON_OFFSET..header_size];
+    let json_len = json_area
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(json_area.len());
+    let Ok(metadata) = serde_json::from_slice::<Value>(&json_area[..json_len]) else {
+        return;
+    };
+    let number = |v: &Value| v.as_str().and_then(|s| s.parse::<usize>().ok());
+    let mut used: Vec<(usize, usize)> = Vec::new();
+    for keyslot in metadata["keyslots"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        match (
+            number(&keyslot["area"]["offset"]),
+            number(&keyslot["area"]["size"]),
+        ) {
+            (Some(offset), Some(size)) => used.push((offset, offset.saturating_add(size))),
+            // A keyslot we cannot place: keep everything rather than lose it.
+            _ => return,
+        }
+    }
+    used.sort_unstable();
+    let len = backup.len();
+    let mut at = 2 * header_size;
+    for (start, end) in used {
+        let start = start.min(len);
+        if start > at {
+            backup[at..start].fill(0);
+        }
+        at = at.max(end.min(len));
+    }
+    backup[at..].fill(0);
+}
+
 /// The header of `volume`, compressed and encrypted to `escrow_key` (a public JWK).
 pub fn seal_header(volume: &mut Volume, escrow_key: &Jwk, kid: &str) -> Result<Jwe> {
     let scratch = Scratch::new()?;
     volume.backup_header_to(&scratch.file())?;
-    let header = read_file(&scratch.file())?;
+    let mut header = read_file(&scratch.file())?;
+    clear_unused_areas(&mut header);
     let packed = Zeroizing::new(miniz_oxide::deflate::compress_to_vec(&header, 6));
     let mut protected = Map::new();
     protected.insert("kid".into(), kid.into());

@@ -235,8 +235,8 @@ fn mapper_exists(name: &str) -> bool {
 }
 
 /// Whether any clevis binding of an active keyslot on `devices` needs the network to
-/// recover its key (a sovereign volume's never does). Every device must be a readable LUKS volume. Writes nothing: image
-/// generators ask this at build time.
+/// recover its key (a sovereign volume's never does). Every device must be a readable LUKS
+/// volume. Writes nothing: image generators ask this at build time.
 pub fn needs_network(devices: &[PathBuf]) -> Result<bool> {
     let mut needed = false;
     for device in devices {

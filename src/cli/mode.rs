@@ -9,7 +9,7 @@ use nbde_unlock::admin::{self, Admin, DeviceUrl};
 use nbde_unlock::http::Timeouts;
 use nbde_unlock::luks::{Format, UserKeyCost, Volume};
 use nbde_unlock::mode::transition::{self, NewUserKey, Told};
-use nbde_unlock::mode::{Mode, SlotKind, Survey};
+use nbde_unlock::mode::{Mode, Survey, unique};
 use nbde_unlock::{Error, Result, escrow, tty};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -25,32 +25,15 @@ fn server_override(flag: &Option<String>) -> Option<String> {
 
 /// Every nbde-server device the volume is bound to, or was before it became sovereign.
 fn bound_devices(survey: &Survey, server: Option<&str>) -> Vec<DeviceUrl> {
-    let mut urls: Vec<&str> = Vec::new();
-    for (_, kind) in &survey.keyslots {
-        if let SlotKind::Network { servers, .. } = kind {
-            urls.extend(servers.iter().map(String::as_str));
-        }
-    }
+    let mut urls = survey.network_servers();
     if let Some(marker) = &survey.marker {
-        urls.extend(marker.servers.iter().map(|s| s.url.as_str()));
+        urls.extend(marker.servers.iter().map(|s| s.url.clone()));
     }
-    let mut devices: Vec<DeviceUrl> = urls
-        .into_iter()
+    let devices = urls
+        .iter()
         .filter_map(|u| transition::device_of(u, server))
         .collect();
-    devices.dedup();
-    devices
-}
-
-fn network_urls(survey: &Survey) -> Vec<String> {
-    let mut urls = Vec::new();
-    for (_, kind) in &survey.keyslots {
-        if let SlotKind::Network { servers, .. } = kind {
-            urls.extend(servers.iter().cloned());
-        }
-    }
-    urls.dedup();
-    urls
+    unique(devices)
 }
 
 pub fn mode(a: ModeArgs) -> Result<ExitCode> {
@@ -79,7 +62,7 @@ pub fn mode(a: ModeArgs) -> Result<ExitCode> {
         Mode::Unmanaged => unreachable!("Mode::parse does not give it"),
     };
     if target != Mode::Sovereign {
-        let urls = network_urls(&Survey::of(&mut volume));
+        let urls = Survey::of(&mut volume).network_servers();
         let told = transition::tell(
             &urls,
             target,
@@ -178,7 +161,7 @@ fn sovereign(
     // Refusals first: no user key, a wrong one, a server that cannot be told.
     transition::prove_user_key(volume, &key)?;
     let survey = Survey::of(volume);
-    let mut urls = network_urls(&survey);
+    let mut urls = survey.network_servers();
     if let Some(marker) = &survey.marker {
         urls.extend(
             marker

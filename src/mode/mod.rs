@@ -91,6 +91,17 @@ impl SlotKind {
     }
 }
 
+/// `items` without repeats, in first-seen order.
+pub fn unique<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if !kept.contains(&item) {
+            kept.push(item);
+        }
+    }
+    kept
+}
+
 /// Every tang URL a pin asks, sss children included.
 pub fn servers_of(pin: &ClevisJwe) -> Vec<String> {
     pin.tang_pins().iter().map(|t| t.url.clone()).collect()
@@ -166,6 +177,15 @@ impl Survey {
             keyslots,
             marker,
         }
+    }
+
+    /// Every server the network bindings ask, without repeats.
+    pub fn network_servers(&self) -> Vec<String> {
+        let all = self.keyslots.iter().flat_map(|(_, kind)| match kind {
+            SlotKind::Network { servers, .. } => servers.clone(),
+            _ => Vec::new(),
+        });
+        unique(all.collect())
     }
 
     pub fn user_slots(&self) -> Vec<u32> {

@@ -136,12 +136,7 @@ pub fn bind_network(
 /// keyslot. Returns the marker as written (its servers not yet told).
 pub fn become_sovereign(volume: &mut Volume, user_key: &[u8], now: i64) -> Result<Marker> {
     prove_user_key(volume, user_key)?;
-    let mut urls: Vec<String> = Vec::new();
-    for (_, kind) in Survey::of(volume).keyslots {
-        if let SlotKind::Network { servers, .. } = kind {
-            urls.extend(servers);
-        }
-    }
+    let urls = Survey::of(volume).network_servers();
     let marker = match volume.marker() {
         // A run that was interrupted, or a second one: keep what the first one recorded.
         Some(mut existing) => {
@@ -154,10 +149,7 @@ pub fn become_sovereign(volume: &mut Volume, user_key: &[u8], now: i64) -> Resul
             }
             existing
         }
-        None => {
-            urls.dedup();
-            Marker::new(now, urls)
-        }
+        None => Marker::new(now, urls),
     };
     with_backup(volume, |volume| {
         let marker = volume.write_marker(&marker)?;
