@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::admin::{Admin, DeviceUrl};
 use crate::error::{Error, Result};
 use crate::luks::{self, Volume};
-use crate::private::private_dir;
+use crate::private::{private_dir, scratch_base};
 
 /// Largest header backup accepted after decompression (a LUKS2 header area is at most a
 /// few tens of MiB).
@@ -25,12 +25,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> Result<Scratch> {
-        let base = if Path::new("/run").is_dir() {
-            PathBuf::from("/run")
-        } else {
-            std::env::temp_dir()
-        };
-        Ok(Scratch(private_dir(&base, "nbde-unlock")?))
+        Ok(Scratch(private_dir(&scratch_base(), "nbde-unlock")?))
     }
 
     fn file(&self) -> PathBuf {

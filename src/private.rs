@@ -9,6 +9,15 @@ pub fn fill_random(buf: &mut [u8]) -> Result<()> {
     getrandom::fill(buf).map_err(|_| Error::Config("random number generator failed".into()))
 }
 
+/// Where private copies of a header go: /run (tmpfs) where there is one, else the temp dir.
+pub fn scratch_base() -> PathBuf {
+    if Path::new("/run").is_dir() {
+        PathBuf::from("/run")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// A new directory `base/PREFIX-RANDOM` that only its owner can enter.
 pub fn private_dir(base: &Path, prefix: &str) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;

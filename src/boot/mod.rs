@@ -104,14 +104,14 @@ pub fn usable_bindings(volume: &mut Volume) -> (Vec<Binding>, Vec<Error>) {
 
 /// The usable bindings of a volume being unlocked at boot; the others are reported.
 pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
-    if volume.marker().is_some() {
+    let (usable, unusable) = usable_bindings(volume);
+    if let [Error::Sovereign(_)] = unusable[..] {
         status(&format!(
             "{}: sovereign: no automatic unlock, asking for the user key",
             volume.path().display()
         ));
-        return Vec::new();
+        return usable;
     }
-    let (usable, unusable) = usable_bindings(volume);
     for reason in unusable {
         status(&format!("{}: skipping {reason}", volume.path().display()));
     }

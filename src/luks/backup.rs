@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{Format, Volume, luks_error, luks1};
 use crate::error::{Error, Result};
-use crate::private::private_dir;
+use crate::private::{private_dir, scratch_base};
 
 /// The header (and luksmeta area) as it was. The backup file is unlinked as soon as it is
 /// written and kept only as an open file, so a process killed mid-change leaves no copy of
@@ -23,12 +23,7 @@ pub struct HeaderBackup {
 
 impl HeaderBackup {
     pub fn take(volume: &mut Volume) -> Result<HeaderBackup> {
-        let base = if Path::new("/run").is_dir() {
-            PathBuf::from("/run")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = private_dir(&base, "nbde-unlock")?;
+        let dir = private_dir(&scratch_base(), "nbde-unlock")?;
         let path = dir.join("header");
         let format = volume.format();
         let written = volume
