@@ -21,8 +21,14 @@ pub enum ApiError {
         kind: &'static str,
         retry_after: Option<u64>,
     },
+    /// The store cannot be reached or cannot confirm a write: the server takes no part and
+    /// tells the client when to try again (a replica or the database may be back by then).
+    Unavailable(String),
     Internal(String),
 }
+
+/// Seconds a client should wait after a 503 before trying again.
+pub const UNAVAILABLE_RETRY_SECONDS: u64 = 1;
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
@@ -35,6 +41,7 @@ impl std::fmt::Display for ApiError {
             ApiError::NotFound(m) => write!(f, "not found: {m}"),
             ApiError::Conflict(m) => write!(f, "conflict: {m}"),
             ApiError::Refused { kind, .. } => write!(f, "refused: {kind}"),
+            ApiError::Unavailable(m) => write!(f, "unavailable: {m}"),
             ApiError::Internal(m) => write!(f, "internal: {m}"),
         }
     }
@@ -77,6 +84,15 @@ impl IntoResponse for ApiError {
                 }
                 response
             }
+            ApiError::Unavailable(m) => {
+                tracing::error!(error = %m, "store unavailable");
+                let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_SECONDS),
+                );
+                response
+            }
             ApiError::Internal(m) => {
                 // Never echo internals.
                 tracing::error!(error = %m, "internal error");
@@ -87,14 +103,14 @@ impl IntoResponse for ApiError {
 }
 
 /// The store's errors at the edge: its conflicts and misses are the caller's to see, its
-/// failures are logged and answered as internal.
+/// failures are logged and answered 503 with Retry-After.
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         use crate::store::StoreError;
         match e {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::NotFound(m) => ApiError::NotFound(m),
-            StoreError::Unavailable(m) => ApiError::Internal(m),
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }
 }

@@ -447,7 +447,7 @@ fn an_erasure_that_cannot_be_confirmed_is_an_error_and_is_finished_later() {
 
     let out = server.admin(&["device", "retire", "acme/web1"]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("HTTP 500"),
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 503"),
         "a retire that cannot prove erasure says so: {out:?}"
     );
     assert!(

@@ -88,7 +88,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let state = state.clone();
     tokio::task::spawn_blocking(move || call(&state))
         .await
-        .unwrap_or_else(|e| Err(ApiError::Internal(format!("store task: {e}"))))
+        .unwrap_or_else(|e| Err(ApiError::Unavailable(format!("store task: {e}"))))
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

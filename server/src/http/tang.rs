@@ -176,7 +176,7 @@ async fn finish(
     // The row is durable before any answer leaves; if it cannot be written, we do not take part.
     if !state.history.record(entry).await {
         state.metrics.observe("error", started.elapsed());
-        return ApiError::Internal("decision history unavailable".into()).into_response();
+        return ApiError::Unavailable("decision history unavailable".into()).into_response();
     }
     state.metrics.observe(outcome.decision, started.elapsed());
     respond(outcome)
