@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod curve;
 pub mod error;
 pub mod http;
 pub mod keys;

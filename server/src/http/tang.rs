@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nbde_proto::{EcPoint, Jwk, exchange};
+use nbde_proto::{EcPoint, Jwk};
 use serde_json::Value;
 
 use super::{AppState, blocking};
@@ -144,7 +144,7 @@ fn exchange_reply(server_key: &ExchangeKey, point: &EcPoint, reason: String) -> 
             ApiError::Internal("stored exchange key unusable".into()),
         );
     };
-    match exchange::server_exchange(secret, point) {
+    match crate::curve::server_exchange(secret, point) {
         Ok(reply) => {
             let jwk = Jwk::from_point(&reply);
             let map = jwk.as_map();
@@ -179,6 +179,45 @@ async fn finish(
         return ApiError::Unavailable("decision history unavailable".into()).into_response();
     }
     state.metrics.observe(outcome.decision, started.elapsed());
+    respond(outcome)
+}
+
+/// Answers an allowed request with no effect: the row is handed to the history writer
+/// first and the multiplication runs while it is committed; the answer leaves only once
+/// the row is durable.
+async fn allowed(
+    state: &AppState,
+    started: Instant,
+    mut entry: Entry,
+    (key, point): (&ExchangeKey, &EcPoint),
+    reason: String,
+) -> Response {
+    entry.decision = "allowed";
+    entry.reason = reason;
+    // Kept for a correcting row; cheaper than waiting for the commit before computing.
+    let correction = entry.clone();
+    let pending = state.history.submit(entry);
+    let outcome = exchange_reply(key, point, String::new());
+    if !pending.committed().await {
+        state.metrics.observe("error", started.elapsed());
+        return ApiError::Unavailable("decision history unavailable".into()).into_response();
+    }
+    if outcome.response.is_err() {
+        // Cannot happen for a checked point and key (prime-order curves, a scalar in
+        // [1, n)), but the history must not say "allowed" for a request that got an error.
+        let why = format!("after an allowed row: {}", outcome.reason);
+        return finish(
+            state,
+            started,
+            correction,
+            Outcome {
+                reason: why,
+                ..outcome
+            },
+        )
+        .await;
+    }
+    state.metrics.observe("allowed", started.elapsed());
     respond(outcome)
 }
 
@@ -270,6 +309,9 @@ pub async fn device_rec(
             }
         };
         let decision = policy::decide(&snapshot, peer);
+        if decision.outcome == PolicyOutcome::Allow && decision.effect == Effect::None {
+            return allowed(&state, started, entry, (key, &point), decision.reason).await;
+        }
         let outcome = match decision.outcome {
             PolicyOutcome::Allow => {
                 let response = match &exchanged {
@@ -353,7 +395,10 @@ pub async fn dir_rec(
         Some(Ok(keys)) => match keys.exchange_key(&kid) {
             None => Outcome::refuse("not-found", "unknown kid", ApiError::NotFound("kid".into())),
             Some(key) => match client_point(key, &body) {
-                Ok(point) => exchange_reply(key, &point, "tang directory key".into()),
+                Ok(point) => {
+                    let reason = "tang directory key".to_owned();
+                    return allowed(&state, started, entry, (key, &point), reason).await;
+                }
                 Err(outcome) => outcome,
             },
         },

@@ -65,12 +65,27 @@ impl Writer {
         Ok(Writer { jobs })
     }
 
+    /// Queues `entry` for the next commit and returns at once, so the caller can compute
+    /// its answer while the row is written; the answer waits on `Pending::committed`.
+    pub fn submit(&self, entry: Entry) -> Pending {
+        let (reply, committed) = oneshot::channel();
+        // A writer that is gone drops the reply: `committed` then says false.
+        let _ = self.jobs.send((entry, reply));
+        Pending(committed)
+    }
+
     /// Records `entry`; true once it is committed. False means the server must not take part.
     pub async fn record(&self, entry: Entry) -> bool {
-        let (reply, committed) = oneshot::channel();
-        if self.jobs.send((entry, reply)).is_err() {
-            return false;
-        }
-        committed.await.unwrap_or(false)
+        self.submit(entry).committed().await
+    }
+}
+
+/// A row handed to the writer.
+pub struct Pending(oneshot::Receiver<bool>);
+
+impl Pending {
+    /// True once the row is committed; false if it cannot be (the server must not take part).
+    pub async fn committed(self) -> bool {
+        self.0.await.unwrap_or(false)
     }
 }

@@ -1,0 +1,77 @@
+-- wrk script for bench/storm.py: POSTs a client JWK to the URL's /rec path on a new
+-- connection per request (Connection: close, as clevis makes them) and counts statuses.
+--
+-- With arguments `PATHS_FILE NTHREADS` (storm mode) each thread sends each of its share
+-- of the paths in the file once, then only cheap GETs of ADV_PATH (told apart by their
+-- body, and not counted) until its last recovery is answered and it stops.
+local threads = {}
+local body = os.getenv("STORM_BODY")
+
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "application/jwk+json"
+wrk.headers["Connection"] = "close"
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  ok = 0
+  other = 0
+  mine = nil
+  if args[1] ~= nil then
+    local nthreads = tonumber(args[2])
+    mine = {}
+    local i = 0
+    for line in io.lines(args[1]) do
+      if i % nthreads == id then
+        table.insert(mine, line)
+      end
+      i = i + 1
+    end
+    next_path = 1
+    filler = wrk.format("GET", os.getenv("STORM_ADV_PATH"), { ["Connection"] = "close" }, "")
+  end
+end
+
+function request()
+  if mine == nil then
+    return wrk.format()
+  end
+  if next_path <= #mine then
+    local path = mine[next_path]
+    next_path = next_path + 1
+    return wrk.format("POST", path)
+  end
+  return filler
+end
+
+function response(status, headers, resp)
+  if mine ~= nil and status == 200 and string.find(resp, '"payload"', 1, true) then
+    return -- a filler GET of an advertisement
+  end
+  if status == 200 then
+    ok = ok + 1
+  else
+    other = other + 1
+  end
+  if mine ~= nil and ok + other >= #mine then
+    wrk.thread:stop()
+  end
+end
+
+function done(summary, latency, requests)
+  local total_ok, total_other = 0, 0
+  for _, t in ipairs(threads) do
+    total_ok = total_ok + t:get("ok")
+    total_other = total_other + t:get("other")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'STORM {"ok":%d,"other":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
+    total_ok, total_other, summary.duration, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
