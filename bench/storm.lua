@@ -1,9 +1,10 @@
 -- wrk script for bench/storm.py: POSTs a client JWK to the URL's /rec path on a new
 -- connection per request (Connection: close, as clevis makes them) and counts statuses.
 --
--- With arguments `PATHS_FILE NTHREADS` (storm mode) each thread sends each of its share
--- of the paths in the file once, then only cheap GETs of ADV_PATH (told apart by their
--- body, and not counted) until its last recovery is answered and it stops.
+-- With arguments `PATHS_FILE NTHREADS` (storm mode, one connection per thread) each thread
+-- sends each of its share of the paths in the file once and stops after the last answer.
+-- A path moves on only when its answer came: wrk asks request() again for the same
+-- request when a write has to be retried, so advancing there would skip paths.
 local threads = {}
 local body = os.getenv("STORM_BODY")
 
@@ -32,7 +33,6 @@ function init(args)
       i = i + 1
     end
     next_path = 1
-    filler = wrk.format("GET", os.getenv("STORM_ADV_PATH"), { ["Connection"] = "close" }, "")
   end
 end
 
@@ -40,25 +40,25 @@ function request()
   if mine == nil then
     return wrk.format()
   end
-  if next_path <= #mine then
-    local path = mine[next_path]
-    next_path = next_path + 1
-    return wrk.format("POST", path)
-  end
-  return filler
+  -- Past the end only between the last answer and the stop taking effect: never sent.
+  return wrk.format("POST", mine[math.min(next_path, #mine)])
 end
 
 function response(status, headers, resp)
-  if mine ~= nil and status == 200 and string.find(resp, '"payload"', 1, true) then
-    return -- a filler GET of an advertisement
-  end
   if status == 200 then
     ok = ok + 1
   else
     other = other + 1
   end
-  if mine ~= nil and ok + other >= #mine then
-    wrk.thread:stop()
+  if mine ~= nil then
+    next_path = next_path + 1
+    if next_path > #mine then
+      -- wrk's main thread sleeps out -d whatever its threads do: this line tells
+      -- storm.py, which then ends wrk early with SIGINT.
+      io.stderr:write("STORM-DONE\n")
+      io.stderr:flush()
+      wrk.thread:stop()
+    end
   end
 end
 

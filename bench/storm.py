@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def wait_port(port, proc=None):
 
 def compiles():
     """rustc processes running now: other builds share the 2 cores and skew figures."""
-    out = subprocess.run(["pgrep", "-c", "rustc"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-c", "rustc|clippy-driver"], capture_output=True,
+                         text=True).stdout
     return int(out.strip() or 0)
 
 
@@ -111,18 +113,41 @@ class Procs:
 def wrk(port, path, conns, seconds, body, storm=None):
     """One wrk cell; returns the figures the Lua script's done() prints."""
     env = dict(os.environ, STORM_BODY=body)
-    threads = min(conns, 2)
+    # Storm mode needs a thread per connection (see storm.lua).
+    threads = conns if storm else min(conns, 2)
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s",
            "--latency", "-s", LUA, f"http://127.0.0.1:{port}{path}"]
     if storm:
-        paths_file, adv_path = storm
-        env["STORM_ADV_PATH"] = adv_path
-        cmd += ["--", paths_file, str(threads)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        cmd += ["--", storm, str(threads)]
+    if storm:
+        out, elapsed = wrk_storm(cmd, env, threads)
+    else:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("STORM "))
     figures = json.loads(line[len("STORM "):])
     figures["rate"] = figures["ok"] / (figures["duration_us"] / 1e6)
+    if storm:
+        figures["rate"] = (figures["ok"] + figures["other"]) / elapsed
     return figures
+
+
+def wrk_storm(cmd, env, threads):
+    """wrk sleeps out -d even once every thread stopped: each thread says when it is done,
+    and the last one's word ends wrk (SIGINT, by PID) and the clock."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    done = 0
+    for line in p.stderr:
+        if line.strip() == "STORM-DONE":
+            done += 1
+            if done == threads:
+                break
+    elapsed = time.perf_counter() - start
+    p.send_signal(signal.SIGINT)
+    out = p.stdout.read()
+    p.wait()
+    return out, elapsed
 
 
 def measure(name, port, path, body, pids, args, floor_us, rows):
@@ -277,8 +302,7 @@ def storm(procs, args, work, floor_us):
         f.writelines(device_path(d) + "\n" for d in devices)
     busy = compiles()
     before = cpu_seconds([server.pid])
-    adv = f"/o/storm/d/{devices[0]['name']}/adv"
-    f = wrk(port, "/", args.storm_conns, 600, args.body, storm=(paths, adv))
+    f = wrk(port, "/", args.storm_conns, 600, args.body, storm=paths)
     cpu = cpu_seconds([server.pid]) - before
     out = subprocess.run([SERVER, "--server", f"http://127.0.0.1:{port}", "history", "--json",
                           "--limit", str(args.devices * 2)], env=dict(os.environ, NBDE_TOKEN=token),
@@ -309,13 +333,21 @@ def main():
     parser.add_argument("--devices", type=int, default=10000)
     parser.add_argument("--storm-conns", type=int, default=64)
     parser.add_argument("--out", help="also write the report (markdown) here")
+    parser.add_argument("--server-bin", help="bench this nbde-server binary (e.g. an older "
+                        "build, for before/after) instead of building the tree's")
+    parser.add_argument("--skip-storm", action="store_true")
     args = parser.parse_args()
     args.conns = [1, 2, 16, 64]
     if args.quick:
         args.seconds, args.devices, args.conns = 2, 500, [1, 16]
     args.seconds = int(max(args.seconds, 1))
     ensure_packages()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "nbde-server"], cwd=ROOT, check=True)
+    global SERVER
+    if args.server_bin:
+        SERVER = os.path.abspath(args.server_bin)
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "nbde-server"], cwd=ROOT,
+                       check=True)
     mul = floor()
     p521 = next(m for m in mul if m["curve"] == "P-521")
     floor_us = p521["awslc_us"]
@@ -384,7 +416,7 @@ def main():
         else:
             notes.append("PostgreSQL rows not run: this nbde-server has no --database yet")
 
-        result = storm(procs, args, work, floor_us)
+        result = None if args.skip_storm else storm(procs, args, work, floor_us)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -406,14 +438,9 @@ def render(args, rows, mul, floor_us, s, notes):
     for m in mul:
         out.append(f"| {m['curve']} | {m['rustcrypto_us']:.1f} | {m['awslc_us']:.1f} | "
                    f"{2e6 / m['awslc_us']:.0f} rec/s |")
-    ok = "yes" if s["ok"] == s["allowed"] == s["rows"] and s["other"] == 0 else "NO"
-    out += ["", f"Storm: {s['devices']} devices created through the admin API in "
-            f"{s['created_s']:.1f} s ({s['created_s'] * 1000 / s['devices']:.1f} ms each); "
-            f"one recovery each at {s['conns']} connections: {s['ok']} answered 200, "
-            f"{s['other']} other, {s['rate']:.0f} rec/s, {s['cpu_us']:.0f} µs CPU/rec "
-            f"({s['cpu_us'] / s['floor_us']:.2f}× one multiplication); history rows: {s['rows']}, "
-            f"of which allowed {s['allowed']}; 200s = allowed rows = rows: {ok}. "
-            f"rustc running: {s['busy']}.", ""]
+    out.append("")
+    if s is not None:
+        out += storm_lines(s)
     tangd = {r["conns"]: r["rate"] for r in rows if r["name"] == "tangd, socat nodelay"}
     ours = [r for r in rows if r["name"] == "nbde-server per-device, SQLite"]
     for r in ours:
@@ -421,6 +448,17 @@ def render(args, rows, mul, floor_us, s, notes):
                    f"tangd+nodelay; CPU/rec {r['ratio']:.2f}× one multiplication")
     out += [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
+
+
+def storm_lines(s):
+    ok = "yes" if s["ok"] == s["allowed"] == s["rows"] and s["other"] == 0 else "NO"
+    return [f"Storm: {s['devices']} devices created through the admin API in "
+            f"{s['created_s']:.1f} s ({s['created_s'] * 1000 / s['devices']:.1f} ms each); "
+            f"one recovery each at {s['conns']} connections: {s['ok']} answered 200, "
+            f"{s['other']} other, {s['rate']:.0f} rec/s, {s['cpu_us']:.0f} µs CPU/rec "
+            f"({s['cpu_us'] / s['floor_us']:.2f}× one multiplication); history rows: {s['rows']}, "
+            f"of which allowed {s['allowed']}; 200s = allowed rows = rows: {ok}. "
+            f"rustc running: {s['busy']}.", ""]
 
 
 def report_header():

@@ -204,6 +204,36 @@ pub struct DeviceKeys {
 }
 
 impl DeviceKeys {
+    /// A device's keys from its row; the derived set of `previous` is reused if neither
+    /// its keys nor the org's signing keys changed.
+    fn load(
+        org: Arc<OrgKeys>,
+        row: DeviceRow,
+        previous: Option<&Arc<DeviceKeys>>,
+    ) -> Result<Arc<DeviceKeys>> {
+        let DeviceRow {
+            id,
+            name,
+            state,
+            exchange_keys,
+            ..
+        } = row;
+        let kept = previous
+            .map(|d| d.set.clone())
+            .filter(|set| set.source.0 == exchange_keys && set.source.1 == org.source);
+        let set = match kept {
+            Some(set) => set,
+            None => Arc::new(ExchangeSet::load(&org, exchange_keys)?),
+        };
+        Ok(Arc::new(DeviceKeys {
+            id,
+            org,
+            name,
+            state,
+            set,
+        }))
+    }
+
     /// The signed advertisement; None once the device is retired.
     pub fn adv(&self) -> Option<&str> {
         self.set.adv.as_deref()
@@ -242,12 +272,15 @@ impl DeviceKeys {
     }
 }
 
+type OrgDevices = HashMap<String, Arc<DeviceKeys>>;
+
 /// Everything the tang routes need, loaded from the store.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct KeyRing {
     pub orgs: HashMap<String, Arc<OrgKeys>>,
-    /// org → device name → keys.
-    devices: HashMap<String, HashMap<String, Arc<DeviceKeys>>>,
+    /// org → device name → keys; an org's map is shared by the rings a change to another
+    /// org's device makes.
+    devices: HashMap<String, Arc<OrgDevices>>,
 }
 
 impl KeyRing {
@@ -259,37 +292,49 @@ impl KeyRing {
             let keys = OrgKeys::load(org)?;
             ring.orgs.insert(keys.name.clone(), Arc::new(keys));
         }
+        let mut devices: HashMap<String, OrgDevices> = HashMap::new();
         for device in store.devices()? {
             let Some(org) = ring.orgs.get(&device.org).cloned() else {
                 continue;
             };
-            let DeviceRow {
-                id,
-                org: org_name,
-                name,
-                state,
-                exchange_keys,
-            } = device;
-            let kept = previous
-                .and_then(|p| p.device(&org_name, &name))
-                .map(|d| d.set.clone())
-                .filter(|set| set.source.0 == exchange_keys && set.source.1 == org.source);
-            let set = match kept {
-                Some(set) => set,
-                None => Arc::new(ExchangeSet::load(&org, exchange_keys)?),
-            };
-            ring.devices.entry(org_name).or_default().insert(
-                name.clone(),
-                Arc::new(DeviceKeys {
-                    id,
-                    org,
-                    name,
-                    state,
-                    set,
-                }),
-            );
+            let kept = previous.and_then(|p| p.device(&device.org, &device.name));
+            let keys = DeviceKeys::load(org, device, kept)?;
+            devices
+                .entry(keys.org.name.clone())
+                .or_default()
+                .insert(keys.name.clone(), keys);
         }
+        ring.devices = devices
+            .into_iter()
+            .map(|(org, map)| (org, Arc::new(map)))
+            .collect();
         Ok(ring)
+    }
+
+    /// This ring with `org/name` replaced by `row` (removed if None): what an admin change
+    /// to one device needs, without reading or comparing every other device. None if the
+    /// org is not in this ring (the caller then loads the whole ring).
+    pub fn with_device(
+        &self,
+        org: &str,
+        name: &str,
+        row: Option<DeviceRow>,
+    ) -> Result<Option<KeyRing>> {
+        let Some(org_keys) = self.orgs.get(org).cloned() else {
+            return Ok(None);
+        };
+        let mut ring = self.clone();
+        let map = Arc::make_mut(ring.devices.entry(org.to_owned()).or_default());
+        match row {
+            Some(row) => {
+                let keys = DeviceKeys::load(org_keys, row, self.device(org, name))?;
+                map.insert(name.to_owned(), keys);
+            }
+            None => {
+                map.remove(name);
+            }
+        }
+        Ok(Some(ring))
     }
 
     pub fn device(&self, org: &str, name: &str) -> Option<&Arc<DeviceKeys>> {

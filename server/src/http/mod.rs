@@ -75,6 +75,22 @@ impl AppState {
         Ok(())
     }
 
+    /// Reloads one device's keys after an admin change to it (blocking: it reads the
+    /// store); the rest of the ring is shared, not read again.
+    pub fn reload_device(&self, org: &str, name: &str) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let row = self.store.device_with_keys(org, name)?;
+        let fresh = match self.key_ring().with_device(org, name, row)? {
+            Some(ring) => Arc::new(ring),
+            None => Arc::new(KeyRing::load(&self.store, Some(&self.key_ring()))?),
+        };
+        match self.keys.write() {
+            Ok(mut k) => *k = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         net::client_address(peer, headers, &self.settings.trusted_proxies)
     }

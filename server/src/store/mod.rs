@@ -114,6 +114,14 @@ pub trait Devices {
     fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64>;
     /// Every device with its exchange keys, by org and name.
     fn devices(&self) -> Result<Vec<DeviceRow>>;
+    /// One device with its exchange keys; None if there is none. A backend overrides this
+    /// reading of every device, so an admin change to one device reads only that one.
+    fn device_with_keys(&self, org: &str, name: &str) -> Result<Option<DeviceRow>> {
+        Ok(self
+            .devices()?
+            .into_iter()
+            .find(|d| d.org == org && d.name == name))
+    }
     /// Retiring deletes the exchange keys and the escrow blob (an erasure is then pending);
     /// a retired device stays retired (Conflict).
     fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()>;

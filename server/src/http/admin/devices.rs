@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use nbde_proto::Curve;
 
-use super::{Caller, changed, device_view, host_of, run, valid_name};
+use super::{Caller, changed, device_changed, device_view, host_of, run, valid_name};
 use crate::api::{
     Device, DeviceList, Mode, ModeReport, NewDevice, NewOrg, Org, OrgCreated, OrgList, Role,
 };
@@ -104,8 +104,7 @@ pub(super) async fn add(
         let curve = curve_of(body.curve.as_deref())?;
         s.store
             .add_device(&org, &body.name, &keys::generate_exchange_key(curve)?)?;
-        let target = format!("{org}/{}", body.name);
-        changed(s, &caller, Some(&org), "device add", &target)?;
+        device_changed(s, &caller, (&org, &body.name), "device add")?;
         device_view(s, &org, &body.name, host.as_deref())
     })
     .await
@@ -148,8 +147,7 @@ async fn device_change(
     run(state, move |s| {
         caller.require(&org, Role::Owner)?;
         apply(s, &org, &device)?;
-        let target = format!("{org}/{device}");
-        changed(s, &caller, Some(&org), &action, &target)?;
+        device_changed(s, &caller, (&org, &device), &action)?;
         if keys == Keys::Destroyed {
             s.store.erase_destroyed()?;
         }

@@ -180,6 +180,17 @@ fn changed(
     state.reload_keys()
 }
 
+/// Records an admin change to one device and reloads that device's keys only.
+fn device_changed(
+    state: &AppState,
+    caller: &Caller,
+    (org, device): (&str, &str),
+    action: &str,
+) -> Result<()> {
+    audited(state, caller, Some(org), action, &format!("{org}/{device}"))?;
+    state.reload_device(org, device)
+}
+
 fn host_of(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::HOST)

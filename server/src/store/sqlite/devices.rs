@@ -17,6 +17,31 @@ fn device_is_retired(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<bool> {
     Ok(state == DeviceState::Retired.as_str())
 }
 
+const DEVICE_ROW: &str = "SELECT d.id, o.name, d.name, d.state
+     FROM devices d JOIN orgs o ON o.id = d.org_id";
+
+/// A row of `DEVICE_ROW`, its keys not read yet.
+fn device_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        id: r.get(0)?,
+        org: r.get(1)?,
+        name: r.get(2)?,
+        state: parse_column(r.get(3)?, DeviceState::parse)?,
+        exchange_keys: Vec::new(),
+    })
+}
+
+/// `device` with its exchange keys, oldest first.
+fn with_keys(c: &rusqlite::Connection, mut device: DeviceRow) -> rusqlite::Result<DeviceRow> {
+    device.exchange_keys = c
+        .prepare_cached(
+            "SELECT jwk, advertised FROM exchange_keys WHERE device_id = ?1 ORDER BY id",
+        )?
+        .query_map(params![device.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(device)
+}
+
 fn retired(org: &str, name: &str) -> StoreError {
     StoreError::Conflict(format!("device {org}/{name} is retired"))
 }
@@ -106,33 +131,21 @@ impl Devices for Sqlite {
 
     fn devices(&self) -> Result<Vec<DeviceRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.id, o.name, d.name, d.state FROM devices d JOIN orgs o ON o.id = d.org_id
-                 ORDER BY o.name, d.name",
-            )?;
+            let mut stmt = c.prepare(&format!("{DEVICE_ROW} ORDER BY o.name, d.name"))?;
             let devices = stmt
-                .query_map([], |r| {
-                    Ok(DeviceRow {
-                        id: r.get(0)?,
-                        org: r.get(1)?,
-                        name: r.get(2)?,
-                        state: parse_column(r.get(3)?, DeviceState::parse)?,
-                        exchange_keys: Vec::new(),
-                    })
-                })?
+                .query_map([], device_of)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut keys = c.prepare(
-                "SELECT jwk, advertised FROM exchange_keys WHERE device_id = ?1 ORDER BY id",
-            )?;
-            devices
-                .into_iter()
-                .map(|mut d| {
-                    d.exchange_keys = keys
-                        .query_map(params![d.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    Ok(d)
-                })
-                .collect()
+            devices.into_iter().map(|d| with_keys(c, d)).collect()
+        })
+    }
+
+    fn device_with_keys(&self, org: &str, name: &str) -> Result<Option<DeviceRow>> {
+        self.with(|c| {
+            let row = c
+                .prepare_cached(&format!("{DEVICE_ROW} WHERE o.name = ?1 AND d.name = ?2"))?
+                .query_row(params![org, name], device_of)
+                .optional()?;
+            row.map(|d| with_keys(c, d)).transpose()
         })
     }
 
