@@ -2,16 +2,15 @@
 //! servers, and runners for stock clevis and our binary.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod kill;
+mod listener;
 pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
+pub use listener::{Listener, start_fixed_server, start_tangd, start_tangd_at};
 
 pub const TANGD: &str = "/usr/libexec/tangd";
 pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
@@ -115,95 +114,6 @@ pub fn add_key(dir: &Path, template: &str) {
     let thp = run_ok("jose", &["jwk", "thp", "-i-", "-a", "S256"], &jwk);
     let name = format!("{}.jwk", String::from_utf8(thp).unwrap().trim());
     std::fs::write(dir.join(name), jwk).unwrap();
-}
-
-/// A listener on 127.0.0.1 (free port) that hands each connection to `serve`.
-pub struct Listener {
-    pub port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Listener {
-    pub fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Listener {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let serve = Arc::new(serve);
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let serve = serve.clone();
-                std::thread::spawn(move || serve(stream));
-            }
-        });
-        Listener {
-            port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Closes the port: later connections are refused.
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Stock tangd serving `dir`, one process per connection, as Debian's socket unit runs it.
-pub fn start_tangd(dir: &Path) -> Listener {
-    let dir: PathBuf = dir.to_owned();
-    Listener::start(move |stream| {
-        let input: OwnedFd = stream.try_clone().unwrap().into();
-        let output: OwnedFd = stream.into();
-        if let Ok(mut child) = Command::new(TANGD)
-            .arg(&dir)
-            .stdin(Stdio::from(input))
-            .stdout(Stdio::from(output))
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            let _ = child.wait();
-        }
-    })
-}
-
-/// A server that answers every request with `status` and `body` (after reading the
-/// request head), or never answers if `status` is 0.
-pub fn start_fixed_server(status: u16, content_type: &'static str, body: Vec<u8>) -> Listener {
-    Listener::start(move |mut stream| {
-        let mut buf = [0u8; 65536];
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.read(&mut buf);
-        if status == 0 {
-            std::thread::sleep(Duration::from_secs(30));
-            return;
-        }
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&body);
-    })
 }
 
 pub fn tempdir() -> tempfile::TempDir {
