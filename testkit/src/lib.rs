@@ -5,12 +5,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 mod kill;
 mod listener;
+mod nbde_server;
+mod postgres;
 pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
 pub use listener::{Listener, start_fixed_server, start_tangd, start_tangd_at};
+pub use nbde_server::NbdeServer;
+pub use postgres::Postgres;
 
 pub const TANGD: &str = "/usr/libexec/tangd";
 pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
@@ -176,158 +179,6 @@ pub fn luks_json(image: &Path) -> serde_json::Value {
         b"",
     );
     serde_json::from_slice(&out).unwrap()
-}
-
-/// A running `nbde-server` on a free loopback port with its own data directory, ended by
-/// PID when dropped. `token` is the owner token `init` printed.
-pub struct NbdeServer {
-    pub data: tempfile::TempDir,
-    pub url: String,
-    pub token: String,
-    /// CA file the admin CLI trusts when the server speaks HTTPS.
-    pub cacert: Option<PathBuf>,
-    extra_args: Vec<String>,
-    child: Option<std::process::Child>,
-}
-
-impl NbdeServer {
-    pub fn start(extra_args: &[&str]) -> NbdeServer {
-        NbdeServer::start_on(0, extra_args)
-    }
-
-    /// As `start`, on a given port (0: any free one).
-    pub fn start_on(port: u16, extra_args: &[&str]) -> NbdeServer {
-        let data = tempdir();
-        let out = run_ok(
-            &bin("nbde-server"),
-            &["init", "--data", data.path().to_str().unwrap()],
-            b"",
-        );
-        let token = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned();
-        let mut server = NbdeServer {
-            data,
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            cacert: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// Stops (SIGTERM, as a service manager would) and starts again on the same port,
-    /// so the URLs in existing bindings still point at it.
-    pub fn restart(&mut self) {
-        self.stop();
-        let listen = match self.url.rsplit_once(':') {
-            Some((_, port)) => format!("127.0.0.1:{port}"),
-            None => "127.0.0.1:0".into(),
-        };
-        let mut args = vec![
-            "serve".to_string(),
-            "--data".into(),
-            self.data.path().to_str().unwrap().into(),
-            "--listen".into(),
-            listen,
-        ];
-        args.extend(self.extra_args.iter().cloned());
-        let mut child = Command::new(bin("nbde-server"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (found, port) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut sent = false;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if !sent && let Some(url) = line.strip_prefix("nbde-server: listening on ") {
-                    let _ = found.send(url.to_owned());
-                    sent = true;
-                }
-            }
-        });
-        self.url = port
-            .recv_timeout(Duration::from_secs(30))
-            .expect("nbde-server did not start listening");
-        self.child = Some(child);
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Ends only the process this harness started, by its PID.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    /// Runs an admin verb through the CLI against this server.
-    pub fn admin(&self, args: &[&str]) -> Output {
-        let mut full = vec!["--server", &self.url];
-        full.extend_from_slice(args);
-        let mut command = Command::new(bin("nbde-server"));
-        command.args(&full).env("NBDE_TOKEN", &self.token);
-        if let Some(ca) = &self.cacert {
-            command.env("NBDE_CACERT", ca);
-        }
-        command.output().unwrap()
-    }
-
-    /// Runs an admin verb that must succeed; returns stdout.
-    pub fn admin_ok(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        assert!(
-            out.status.success(),
-            "nbde-server {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Adds `org` (if needed) and `device`; returns (unlock URL, thp).
-    pub fn add_device(&self, org: &str, device: &str, curve: Option<&str>) -> (String, String) {
-        let _ = self.admin(&["org", "add", org]);
-        let mut args = vec!["device", "add", "--org", org, device, "--json"];
-        if let Some(curve) = curve {
-            args.extend(["--curve", curve]);
-        }
-        let v: serde_json::Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
-        (
-            v["url"].as_str().unwrap().to_owned(),
-            v["thp"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// The decision history as JSON rows, newest first.
-    pub fn history(&self, device: Option<&str>) -> Vec<serde_json::Value> {
-        let mut args = vec!["history", "--json"];
-        if let Some(d) = device {
-            args.extend(["--device", d]);
-        }
-        let v: serde_json::Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
-        v["history"].as_array().unwrap().clone()
-    }
-}
-
-impl Drop for NbdeServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// One raw `POST path` on a fresh connection to `addr` (`host:port`), with `headers`

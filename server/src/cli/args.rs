@@ -372,6 +372,9 @@ pub struct ServeArgs {
     /// data directory (default ./nbde-data)
     #[argh(option)]
     pub data: Option<PathBuf>,
+    /// a PostgreSQL URL (postgres://user:password@host:port/dbname) instead of --data
+    #[argh(option)]
+    pub database: Option<String>,
     /// address to listen on (default 127.0.0.1:7500)
     #[argh(option)]
     pub listen: Option<std::net::SocketAddr>,
@@ -399,7 +402,10 @@ pub struct InitArgs {
     /// data directory (default ./nbde-data)
     #[argh(option)]
     pub data: Option<PathBuf>,
-    /// TOML configuration file (for its data directory)
+    /// a PostgreSQL URL (postgres://user:password@host:port/dbname) instead of --data
+    #[argh(option)]
+    pub database: Option<String>,
+    /// TOML configuration file (for its data directory or database)
     #[argh(option)]
     pub config: Option<PathBuf>,
 }
