@@ -25,6 +25,7 @@ pub struct Args {
 pub enum Command {
     Serve(ServeArgs),
     Init(InitArgs),
+    Migrate(MigrateArgs),
     Org(OrgArgs),
     Device(DeviceArgs),
     History(HistoryArgs),
@@ -408,6 +409,19 @@ pub struct InitArgs {
     /// TOML configuration file (for its data directory or database)
     #[argh(option)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(FromArgs)]
+/// Move a SQLite store (every table, every row) into an empty PostgreSQL database. Stop
+/// the server first; the SQLite store is left as it was.
+#[argh(subcommand, name = "migrate")]
+pub struct MigrateArgs {
+    /// the data directory of the SQLite store
+    #[argh(option)]
+    pub from: PathBuf,
+    /// the PostgreSQL URL (postgres://user:password@host:port/dbname)
+    #[argh(option)]
+    pub to: String,
 }
 
 #[derive(FromArgs)]

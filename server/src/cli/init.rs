@@ -3,9 +3,9 @@
 
 use nbde_server::config::Config;
 use nbde_server::http::admin::{new_token, token_hash};
-use nbde_server::store::Store;
+use nbde_server::store::{Location, Store, migrate};
 
-use super::args::{InitArgs, ServeArgs};
+use super::args::{InitArgs, MigrateArgs, ServeArgs};
 
 pub fn init(args: InitArgs) -> Result<(), String> {
     let mut config = Config::load(args.config.as_deref())?;
@@ -31,6 +31,20 @@ pub fn init(args: InitArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     eprintln!("nbde-server: store created in {location}; the owner token follows (shown once):");
     println!("{token}");
+    Ok(())
+}
+
+pub fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let target = Location::database(&args.to)?;
+    let moved = migrate::sqlite_to_postgres(&args.from, &args.to)?;
+    for (table, rows) in &moved {
+        println!("{table:<16} {rows:>9} rows");
+    }
+    eprintln!(
+        "nbde-server: {} moved to {target}. {} still holds the keys: keep it offline as a backup or destroy it.",
+        args.from.display(),
+        args.from.display()
+    );
     Ok(())
 }
 

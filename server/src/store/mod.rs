@@ -10,6 +10,7 @@
 //! erasure pending, and `erase_destroyed` removes every copy the backend left on disk.
 
 pub mod history;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
