@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{ConnectionDetails, Connector, DefaultConnector, Transport};
 
 use crate::error::{Error, Result};
 
@@ -124,7 +126,11 @@ impl Client {
             .tls_config(tls)
             .build();
         Ok(Client {
-            agent: config.into(),
+            agent: ureq::Agent::with_parts(
+                config,
+                EveryAddress(DefaultConnector::new()),
+                DefaultResolver::default(),
+            ),
         })
     }
 
@@ -178,6 +184,57 @@ impl Client {
             })?;
         Ok((status, body))
     }
+}
+
+/// ureq's own connector (TLS, proxies, timeouts untouched), but a failure on every address
+/// of a host says so. ureq 3 already tries each resolved address in getaddrinfo's order
+/// (`try_connect_with` in its `unversioned/transport/tcp.rs`), sharing the connect timeout
+/// among them, yet reports only the last address's error: with replicas behind one name,
+/// an operator must see that all of them were tried, and which.
+#[derive(Debug)]
+struct EveryAddress(DefaultConnector);
+
+impl Connector for EveryAddress {
+    type Out = Box<dyn Transport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<()>,
+    ) -> std::result::Result<Option<Self::Out>, ureq::Error> {
+        self.0
+            .connect(details, chained)
+            .map_err(|error| every_address_failed(details, error))
+    }
+}
+
+fn every_address_failed(details: &ConnectionDetails, error: ureq::Error) -> ureq::Error {
+    use std::io::ErrorKind as Kind;
+    let ureq::Error::Io(io) = error else {
+        return error;
+    };
+    // ureq moves on to the next address past exactly these kinds, so one of them at the
+    // end means every address failed; any other kind stopped at the address that raised
+    // it. Through a proxy, the proxy's own connection is the one that reports it.
+    let moved_on = matches!(
+        io.kind(),
+        Kind::ConnectionRefused
+            | Kind::HostUnreachable
+            | Kind::NetworkUnreachable
+            | Kind::AddrNotAvailable
+    );
+    if !moved_on || details.config.proxy().is_some() {
+        return ureq::Error::Io(io);
+    }
+    let host = details.uri.host().unwrap_or_default();
+    let tried: Vec<String> = details.addrs.iter().map(ToString::to_string).collect();
+    ureq::Error::Io(std::io::Error::new(
+        io.kind(),
+        format!(
+            "every address of {host} failed to connect ({}): {io}",
+            tried.join(", ")
+        ),
+    ))
 }
 
 fn network(url: &str, error: ureq::Error) -> Error {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::net::Cidr;
+use crate::store::Location;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7500";
 pub const DEFAULT_DATA: &str = "./nbde-data";
@@ -15,6 +16,8 @@ pub const DEFAULT_DATA: &str = "./nbde-data";
 pub struct Config {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
+    /// A PostgreSQL URL, instead of the SQLite data directory; it may hold a password.
+    pub database: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
@@ -44,6 +47,15 @@ impl Config {
         self.data
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
+    }
+
+    /// Where the store lives: the database if one is given, else the data directory.
+    pub fn location(&self) -> Result<Location, String> {
+        match (&self.data, &self.database) {
+            (Some(_), Some(_)) => Err("give a data directory or a database, not both".into()),
+            (None, Some(url)) => Location::database(url),
+            _ => Ok(Location::Sqlite(self.data())),
+        }
     }
 
     /// Plain HTTP is for loopback, unless the operator says otherwise.

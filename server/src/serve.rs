@@ -29,30 +29,35 @@ fn tls_config(
 
 pub fn run(config: Config) -> Result<(), String> {
     config.check_transport()?;
-    let store = Store::open(&config.data()).map_err(|e| e.to_string())?;
+    let location = config.location()?;
+    let store = Store::open_location(&location).map_err(|e| e.to_string())?;
     let tang_dir = config
         .tang_dir
         .clone()
         .map(TangDir::new)
         .transpose()
         .map_err(|e| e.to_string())?;
+    // Built before the runtime: a store call blocks, and the PostgreSQL client blocks on a
+    // runtime of its own, which it cannot do inside another.
+    let state = Arc::new(
+        AppState::new(
+            store,
+            tang_dir,
+            Settings {
+                trusted_proxies: config.trusted_proxies.clone(),
+                public_url: config.public_url.clone(),
+                tls: config.tls_cert.is_some(),
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    state.watch_changes().map_err(|e| e.to_string())?;
+    tracing::info!(store = %location, "store open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let state = Arc::new(
-            AppState::new(
-                store,
-                tang_dir,
-                Settings {
-                    trusted_proxies: config.trusted_proxies.clone(),
-                    public_url: config.public_url.clone(),
-                    tls: config.tls_cert.is_some(),
-                },
-            )
-            .map_err(|e| e.to_string())?,
-        );
         let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
         let handle = axum_server::Handle::new();
         let shutdown = handle.clone();

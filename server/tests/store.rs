@@ -1,18 +1,29 @@
 //! The store's contract, run against every backend through the `Store` interface alone. A
-//! new backend (PostgreSQL next) joins by adding itself to `backends()`.
+//! new backend joins by adding itself to `backends()`.
 
 use nbde_proto::{Curve, Jwk};
 use nbde_server::api::{Mode, Role};
 use nbde_server::keys;
 use nbde_server::policy::{DeviceState, Effect, RequestState, Verdict};
 use nbde_server::store::history::Entry;
-use nbde_server::store::{EscrowKeyRow, NewEscrowRow, Store, StoreError};
+use nbde_server::store::{EscrowKeyRow, Location, NewEscrowRow, Store, StoreError};
 
-/// A fresh, empty store of each backend, with what keeps it alive.
-fn backends() -> Vec<(&'static str, Store, tempfile::TempDir)> {
+/// What keeps a backend's store alive, held for its Drop: the data directory or the
+/// throwaway cluster.
+type Keep = Box<dyn std::any::Any>;
+
+/// A fresh, empty store of each backend, with what keeps it alive (dropped after the
+/// store, as tuple fields drop in order).
+fn backends() -> Vec<(&'static str, Store, Keep)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open(dir.path()).unwrap();
-    vec![("sqlite", sqlite, dir)]
+    let cluster = testkit::Postgres::start();
+    let location = Location::database(&cluster.create_database()).unwrap();
+    let postgres = Store::open_location(&location).unwrap();
+    vec![
+        ("sqlite", sqlite, Box::new(dir)),
+        ("postgres", postgres, Box::new(cluster)),
+    ]
 }
 
 /// Org "acme" with device "web1", and an approver account.

@@ -2,16 +2,18 @@
 //! servers, and runners for stock clevis and our binary.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 mod kill;
+mod listener;
+mod nbde_server;
+mod postgres;
 pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
+pub use listener::{Listener, start_fixed_server, start_tangd, start_tangd_at};
+pub use nbde_server::NbdeServer;
+pub use postgres::Postgres;
 
 pub const TANGD: &str = "/usr/libexec/tangd";
 pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
@@ -117,95 +119,6 @@ pub fn add_key(dir: &Path, template: &str) {
     std::fs::write(dir.join(name), jwk).unwrap();
 }
 
-/// A listener on 127.0.0.1 (free port) that hands each connection to `serve`.
-pub struct Listener {
-    pub port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Listener {
-    pub fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Listener {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let serve = Arc::new(serve);
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let serve = serve.clone();
-                std::thread::spawn(move || serve(stream));
-            }
-        });
-        Listener {
-            port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Closes the port: later connections are refused.
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Stock tangd serving `dir`, one process per connection, as Debian's socket unit runs it.
-pub fn start_tangd(dir: &Path) -> Listener {
-    let dir: PathBuf = dir.to_owned();
-    Listener::start(move |stream| {
-        let input: OwnedFd = stream.try_clone().unwrap().into();
-        let output: OwnedFd = stream.into();
-        if let Ok(mut child) = Command::new(TANGD)
-            .arg(&dir)
-            .stdin(Stdio::from(input))
-            .stdout(Stdio::from(output))
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            let _ = child.wait();
-        }
-    })
-}
-
-/// A server that answers every request with `status` and `body` (after reading the
-/// request head), or never answers if `status` is 0.
-pub fn start_fixed_server(status: u16, content_type: &'static str, body: Vec<u8>) -> Listener {
-    Listener::start(move |mut stream| {
-        let mut buf = [0u8; 65536];
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.read(&mut buf);
-        if status == 0 {
-            std::thread::sleep(Duration::from_secs(30));
-            return;
-        }
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&body);
-    })
-}
-
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -266,158 +179,6 @@ pub fn luks_json(image: &Path) -> serde_json::Value {
         b"",
     );
     serde_json::from_slice(&out).unwrap()
-}
-
-/// A running `nbde-server` on a free loopback port with its own data directory, ended by
-/// PID when dropped. `token` is the owner token `init` printed.
-pub struct NbdeServer {
-    pub data: tempfile::TempDir,
-    pub url: String,
-    pub token: String,
-    /// CA file the admin CLI trusts when the server speaks HTTPS.
-    pub cacert: Option<PathBuf>,
-    extra_args: Vec<String>,
-    child: Option<std::process::Child>,
-}
-
-impl NbdeServer {
-    pub fn start(extra_args: &[&str]) -> NbdeServer {
-        NbdeServer::start_on(0, extra_args)
-    }
-
-    /// As `start`, on a given port (0: any free one).
-    pub fn start_on(port: u16, extra_args: &[&str]) -> NbdeServer {
-        let data = tempdir();
-        let out = run_ok(
-            &bin("nbde-server"),
-            &["init", "--data", data.path().to_str().unwrap()],
-            b"",
-        );
-        let token = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned();
-        let mut server = NbdeServer {
-            data,
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            cacert: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// Stops (SIGTERM, as a service manager would) and starts again on the same port,
-    /// so the URLs in existing bindings still point at it.
-    pub fn restart(&mut self) {
-        self.stop();
-        let listen = match self.url.rsplit_once(':') {
-            Some((_, port)) => format!("127.0.0.1:{port}"),
-            None => "127.0.0.1:0".into(),
-        };
-        let mut args = vec![
-            "serve".to_string(),
-            "--data".into(),
-            self.data.path().to_str().unwrap().into(),
-            "--listen".into(),
-            listen,
-        ];
-        args.extend(self.extra_args.iter().cloned());
-        let mut child = Command::new(bin("nbde-server"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (found, port) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut sent = false;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if !sent && let Some(url) = line.strip_prefix("nbde-server: listening on ") {
-                    let _ = found.send(url.to_owned());
-                    sent = true;
-                }
-            }
-        });
-        self.url = port
-            .recv_timeout(Duration::from_secs(30))
-            .expect("nbde-server did not start listening");
-        self.child = Some(child);
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Ends only the process this harness started, by its PID.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    /// Runs an admin verb through the CLI against this server.
-    pub fn admin(&self, args: &[&str]) -> Output {
-        let mut full = vec!["--server", &self.url];
-        full.extend_from_slice(args);
-        let mut command = Command::new(bin("nbde-server"));
-        command.args(&full).env("NBDE_TOKEN", &self.token);
-        if let Some(ca) = &self.cacert {
-            command.env("NBDE_CACERT", ca);
-        }
-        command.output().unwrap()
-    }
-
-    /// Runs an admin verb that must succeed; returns stdout.
-    pub fn admin_ok(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        assert!(
-            out.status.success(),
-            "nbde-server {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Adds `org` (if needed) and `device`; returns (unlock URL, thp).
-    pub fn add_device(&self, org: &str, device: &str, curve: Option<&str>) -> (String, String) {
-        let _ = self.admin(&["org", "add", org]);
-        let mut args = vec!["device", "add", "--org", org, device, "--json"];
-        if let Some(curve) = curve {
-            args.extend(["--curve", curve]);
-        }
-        let v: serde_json::Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
-        (
-            v["url"].as_str().unwrap().to_owned(),
-            v["thp"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// The decision history as JSON rows, newest first.
-    pub fn history(&self, device: Option<&str>) -> Vec<serde_json::Value> {
-        let mut args = vec!["history", "--json"];
-        if let Some(d) = device {
-            args.extend(["--device", d]);
-        }
-        let v: serde_json::Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
-        v["history"].as_array().unwrap().clone()
-    }
-}
-
-impl Drop for NbdeServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// One raw `POST path` on a fresh connection to `addr` (`host:port`), with `headers`

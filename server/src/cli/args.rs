@@ -25,6 +25,7 @@ pub struct Args {
 pub enum Command {
     Serve(ServeArgs),
     Init(InitArgs),
+    Migrate(MigrateArgs),
     Org(OrgArgs),
     Device(DeviceArgs),
     History(HistoryArgs),
@@ -372,6 +373,9 @@ pub struct ServeArgs {
     /// data directory (default ./nbde-data)
     #[argh(option)]
     pub data: Option<PathBuf>,
+    /// a PostgreSQL URL (postgres://user:password@host:port/dbname) instead of --data
+    #[argh(option)]
+    pub database: Option<String>,
     /// address to listen on (default 127.0.0.1:7500)
     #[argh(option)]
     pub listen: Option<std::net::SocketAddr>,
@@ -399,9 +403,25 @@ pub struct InitArgs {
     /// data directory (default ./nbde-data)
     #[argh(option)]
     pub data: Option<PathBuf>,
-    /// TOML configuration file (for its data directory)
+    /// a PostgreSQL URL (postgres://user:password@host:port/dbname) instead of --data
+    #[argh(option)]
+    pub database: Option<String>,
+    /// TOML configuration file (for its data directory or database)
     #[argh(option)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(FromArgs)]
+/// Move a SQLite store (every table, every row) into an empty PostgreSQL database. Stop
+/// the server first; the SQLite store is left as it was.
+#[argh(subcommand, name = "migrate")]
+pub struct MigrateArgs {
+    /// the data directory of the SQLite store
+    #[argh(option)]
+    pub from: PathBuf,
+    /// the PostgreSQL URL (postgres://user:password@host:port/dbname)
+    #[argh(option)]
+    pub to: String,
 }
 
 #[derive(FromArgs)]

@@ -3,16 +3,21 @@
 
 use nbde_server::config::Config;
 use nbde_server::http::admin::{new_token, token_hash};
-use nbde_server::store::Store;
+use nbde_server::store::{Location, Store, migrate};
 
-use super::args::{InitArgs, ServeArgs};
+use super::args::{InitArgs, MigrateArgs, ServeArgs};
 
 pub fn init(args: InitArgs) -> Result<(), String> {
-    let config = Config::load(args.config.as_deref())?;
-    let data = args.data.unwrap_or_else(|| config.data());
-    let store = Store::open(&data).map_err(|e| e.to_string())?;
+    let mut config = Config::load(args.config.as_deref())?;
+    // A flag wins over the file.
+    if args.data.is_some() || args.database.is_some() {
+        config.data = args.data;
+        config.database = args.database;
+    }
+    let location = config.location()?;
+    let store = Store::open_location(&location).map_err(|e| e.to_string())?;
     if store.account_count().map_err(|e| e.to_string())? > 0 {
-        return Err(format!("{} is already initialised", data.display()));
+        return Err(format!("{location} is already initialised"));
     }
     let account = store
         .add_account("owner", true)
@@ -22,13 +27,24 @@ pub fn init(args: InitArgs) -> Result<(), String> {
         .add_token(account, &token_hash(&token))
         .map_err(|e| e.to_string())?;
     store
-        .audit("owner", "init", &data.display().to_string())
+        .audit("owner", "init", &location.to_string())
         .map_err(|e| e.to_string())?;
-    eprintln!(
-        "nbde-server: store created in {}; the owner token follows (shown once):",
-        data.display()
-    );
+    eprintln!("nbde-server: store created in {location}; the owner token follows (shown once):");
     println!("{token}");
+    Ok(())
+}
+
+pub fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let target = Location::database(&args.to)?;
+    let moved = migrate::sqlite_to_postgres(&args.from, &args.to)?;
+    for (table, rows) in &moved {
+        println!("{table:<16} {rows:>9} rows");
+    }
+    eprintln!(
+        "nbde-server: {} moved to {target}. {} still holds the keys: keep it offline as a backup or destroy it.",
+        args.from.display(),
+        args.from.display()
+    );
     Ok(())
 }
 
@@ -42,7 +58,11 @@ pub fn serve(a: ServeArgs) -> Result<(), String> {
         .init();
     let mut config = Config::load(a.config.as_deref())?;
     // A flag wins over the file.
-    config.data = a.data.or(config.data);
+    // A location flag replaces the file's location, whichever kind it is.
+    if a.data.is_some() || a.database.is_some() {
+        config.data = a.data;
+        config.database = a.database;
+    }
     config.listen = a.listen.or(config.listen);
     config.tls_cert = a.tls_cert.or(config.tls_cert);
     config.tls_key = a.tls_key.or(config.tls_key);

@@ -38,6 +38,7 @@ pub fn run(args: Args) -> Result<(), String> {
     match args.command {
         Command::Serve(a) => init::serve(a),
         Command::Init(a) => init::init(a),
+        Command::Migrate(a) => init::migrate(a),
         Command::Org(OrgArgs { command }) => org(&client()?, command),
         Command::Device(DeviceArgs { command }) => device(&client()?, command),
         Command::Allow(AllowArgs { command }) => {

@@ -91,6 +91,20 @@ impl AppState {
         Ok(())
     }
 
+    /// Reloads the key ring whenever the store tells of a change another server process
+    /// made (replicas sharing one database); a no-op for a single-process store.
+    pub fn watch_changes(self: &Arc<Self>) -> Result<()> {
+        let state = Arc::downgrade(self);
+        self.store.watch(Box::new(move || {
+            if let Some(state) = state.upgrade()
+                && let Err(e) = state.reload_keys()
+            {
+                tracing::warn!(error = %e, "reloading the keys after a change failed");
+            }
+        }))?;
+        Ok(())
+    }
+
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         net::client_address(peer, headers, &self.settings.trusted_proxies)
     }

@@ -1,6 +1,7 @@
 //! The store's interface, by table family: one trait per family, and `Backend` for a
 //! store that has them all. `Store` holds a backend behind that interface, so the HTTP
-//! layer and the tests never name one; SQLite (`sqlite`) is the only backend today.
+//! layer and the tests never name one. SQLite (`sqlite`, one file, one server process) is
+//! the default; PostgreSQL (`postgres`) lets several server processes share one database.
 //!
 //! Every call blocks (a backend may wait on fsync or the network): async code calls it
 //! through `spawn_blocking`.
@@ -9,9 +10,11 @@
 //! erasure pending, and `erase_destroyed` removes every copy the backend left on disk.
 
 pub mod history;
+pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::api::{
     AuditEntry, DeviceMode, EscrowBlob, EscrowInfo, Group, HistoryEntry, Mode, Request, Role,
@@ -137,6 +140,11 @@ pub trait Devices {
     /// keys, escrow blobs). Unavailable if that cannot be confirmed: the deletion stays
     /// committed and the erasure pending, for the next call or the next open.
     fn erase_destroyed(&self) -> Result<()>;
+    /// Calls `on_change` whenever another process may have changed what the key ring
+    /// reads (orgs, signing keys, devices, exchange keys), and once on every (re)connect,
+    /// as changes made while disconnected are not told. A no-op for a backend only one
+    /// process uses.
+    fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) -> Result<()>;
 }
 
 /// Organisations' escrow public keys and devices' encrypted header backups.
@@ -241,6 +249,40 @@ impl<T: Devices + Escrow + Sources + Approvals + Accounts + Audit + Rec + Send +
 {
 }
 
+/// Where the store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A data directory holding the SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://user:password@host:port/dbname`) or
+    /// key=value string. It may hold a password: show it through `Display`, which hides it.
+    Postgres(String),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is not a
+    /// database location.
+    pub fn database(url: &str) -> std::result::Result<Location, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Location::Postgres(url.to_owned()))
+        } else {
+            Err(format!(
+                "{}: not a database URL (postgres://user@host:port/dbname)",
+                postgres::redact(url)
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(dir) => write!(f, "{}", dir.display()),
+            Location::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
 /// The store the server runs on: any backend, called through the family traits.
 pub struct Store(Box<dyn Backend>);
 
@@ -248,6 +290,14 @@ impl Store {
     /// Opens (creating if needed) the SQLite store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store> {
         Ok(Store::new(sqlite::Sqlite::open(data_dir)?))
+    }
+
+    /// Opens (creating or migrating if needed) the store at `location`.
+    pub fn open_location(location: &Location) -> Result<Store> {
+        match location {
+            Location::Sqlite(dir) => Store::open(dir),
+            Location::Postgres(url) => Ok(Store::new(postgres::Postgres::open(url)?)),
+        }
     }
 
     pub fn new(backend: impl Backend + 'static) -> Store {

@@ -1,0 +1,235 @@
+//! The `/rec` path: the policy's snapshot of a device, the decision's effect with its
+//! history row, the history writer's own connection, and reading the history back.
+//!
+//! Replicas race on the same rows. Under READ COMMITTED a guarded UPDATE that waited for
+//! a concurrent one re-checks its WHERE on the row that one left, so exactly one request
+//! uses an allowance or an approval; a partial unique index keeps one pending request per
+//! device. `synchronous_commit` is left on: a row is durable before the answer leaves.
+
+use postgres::{Client, GenericClient, NoTls};
+
+use super::approvals::MATCHING_GROUPS;
+use super::{Postgres, parse_column, texts, unavailable};
+use crate::api::HistoryEntry;
+use crate::net::Cidr;
+use crate::policy::{DeviceState, Effect, RequestState, RequestView, Snapshot};
+use crate::store::history::{Entry, HistorySink};
+use crate::store::{Rec, Result, now};
+
+const INSERT_HISTORY: &str = "INSERT INTO history (at, org, device, peer, kid, decision, reason)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+fn parse_cidrs(texts: Vec<String>) -> Vec<Cidr> {
+    // Entries were validated when stored; an unparsable one matches nothing.
+    texts.into_iter().filter_map(|t| t.parse().ok()).collect()
+}
+
+fn insert_history(
+    c: &mut impl GenericClient,
+    at: i64,
+    e: &Entry,
+) -> std::result::Result<u64, postgres::Error> {
+    c.execute(
+        INSERT_HISTORY,
+        &[
+            &at,
+            &e.org,
+            &e.device,
+            &e.peer,
+            &e.kid,
+            &e.decision,
+            &e.reason,
+        ],
+    )
+}
+
+/// The history writer's connection: a batch of rows in one transaction, one fsync. A lost
+/// connection fails that batch; the next batch connects again.
+struct PostgresHistory {
+    config: postgres::Config,
+    client: Option<Client>,
+}
+
+impl PostgresHistory {
+    fn write_batch(&mut self, batch: &[&Entry]) -> std::result::Result<(), postgres::Error> {
+        let client = match &mut self.client {
+            Some(c) if !c.is_closed() => c,
+            _ => self.client.insert(self.config.connect(NoTls)?),
+        };
+        let mut tx = client.transaction()?;
+        let at = now();
+        let statement = tx.prepare(INSERT_HISTORY)?;
+        for e in batch {
+            tx.execute(
+                &statement,
+                &[
+                    &at,
+                    &e.org,
+                    &e.device,
+                    &e.peer,
+                    &e.kid,
+                    &e.decision,
+                    &e.reason,
+                ],
+            )?;
+        }
+        tx.commit()
+    }
+}
+
+impl HistorySink for PostgresHistory {
+    fn write(&mut self, batch: &[&Entry]) -> Result<()> {
+        let written = self.write_batch(batch);
+        if written.is_err() {
+            self.client = None;
+        }
+        written.map_err(unavailable)
+    }
+}
+
+impl Rec for Postgres {
+    fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>> {
+        let read = self.with(|c| {
+            // One snapshot of the database for everything the policy reads.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let Some(row) = tx.query_opt(
+                "SELECT d.state, o.require_source FROM devices d JOIN orgs o ON o.id = d.org_id
+                 WHERE d.id = $1",
+                &[&device_id],
+            )?
+            else {
+                return Ok(None);
+            };
+            let sources = texts(tx.query(
+                "SELECT cidr FROM device_sources WHERE device_id = $1
+                 UNION ALL
+                 SELECT e.cidr FROM device_netlists dn
+                 JOIN netlist_entries e ON e.netlist_id = dn.netlist_id
+                 WHERE dn.device_id = $1",
+                &[&device_id],
+            )?);
+            let allow_once: Option<i64> = tx
+                .query_opt(
+                    "SELECT id FROM allow_once WHERE device_id = $1 AND used_at IS NULL
+                     ORDER BY id LIMIT 1",
+                    &[&device_id],
+                )?
+                .map(|r| r.get(0));
+            let needs_approval: bool = tx
+                .query_one(&format!("SELECT EXISTS ({MATCHING_GROUPS})"), &[&device_id])?
+                .get(0);
+            let latest = tx.query_opt(
+                "SELECT id, state, expires_at FROM unlock_requests WHERE device_id = $1
+                 ORDER BY id DESC LIMIT 1",
+                &[&device_id],
+            )?;
+            tx.commit()?;
+            Ok(Some((row, sources, allow_once, needs_approval, latest)))
+        })?;
+        let Some((row, sources, allow_once, needs_approval, latest)) = read else {
+            return Ok(None);
+        };
+        let latest_request = latest
+            .map(|r| {
+                Ok(RequestView {
+                    id: r.get(0),
+                    state: parse_column(r.get(1), RequestState::parse)?,
+                    expires_at: r.get(2),
+                })
+            })
+            .transpose()?;
+        Ok(Some(Snapshot {
+            state: parse_column(row.get(0), DeviceState::parse)?,
+            require_source: row.get(1),
+            sources: parse_cidrs(sources),
+            allow_once,
+            needs_approval,
+            latest_request,
+            now: now(),
+        }))
+    }
+
+    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let t = now();
+            let applied = match effect {
+                Effect::None => true,
+                Effect::UseAllowOnce(id) => {
+                    tx.execute(
+                        "UPDATE allow_once SET used_at = $1 WHERE id = $2 AND used_at IS NULL",
+                        &[&t, id],
+                    )? == 1
+                }
+                Effect::UseApproval(id) => {
+                    tx.execute(
+                        "UPDATE unlock_requests SET state = 'used'
+                         WHERE id = $1 AND state = 'approved' AND expires_at > $2",
+                        &[id, &t],
+                    )? == 1
+                }
+                Effect::CreateRequest => {
+                    // Repeated polls, from any replica, attach to the pending request.
+                    tx.execute(
+                        "INSERT INTO unlock_requests (device_id, peer, created_at, state)
+                         VALUES ($1, $2, $3, 'pending')
+                         ON CONFLICT (device_id) WHERE state = 'pending' DO NOTHING",
+                        &[&device_id, &entry.peer, &t],
+                    )?;
+                    true
+                }
+            };
+            if !applied {
+                return Ok(false);
+            }
+            insert_history(&mut tx, t, entry)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn history(
+        &self,
+        org: Option<&str>,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<HistoryEntry>> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT at, org, device, peer, kid, decision, reason FROM history
+                 WHERE ($1::text IS NULL OR org = $1) AND ($2::text IS NULL OR device = $2)
+                 ORDER BY id DESC LIMIT $3",
+                &[&org, &device, &limit],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| HistoryEntry {
+                at: r.get(0),
+                org: r.get(1),
+                device: r.get(2),
+                peer: r.get(3),
+                kid: r.get(4),
+                decision: r.get(5),
+                reason: r.get(6),
+            })
+            .collect())
+    }
+
+    fn history_sink(&self) -> Result<Box<dyn HistorySink>> {
+        let client = self.config.connect(NoTls).map_err(unavailable)?;
+        Ok(Box::new(PostgresHistory {
+            config: self.config.clone(),
+            client: Some(client),
+        }))
+    }
+
+    fn healthy(&self) -> bool {
+        self.with(|c| c.query_one("SELECT 1", &[]).map(|_| ()))
+            .is_ok()
+    }
+}

@@ -1,0 +1,291 @@
+//! What the replica tests run: `nbde-server serve --database` processes, Debian's haproxy
+//! in front of them, and a recovery client that checks every answer against the device's
+//! advertised key. Every process is ended by its PID.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use nbde_proto::adv::KeySet;
+use nbde_proto::{EcPoint, Jwk, Jws, ThumbprintHash};
+use serde_json::Value;
+use testkit::{bin, run_ok, tempdir};
+
+fn kill(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// One `nbde-server serve --database` on a free loopback port.
+pub struct Replica {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Replica {
+    /// `nbde-server init --database`: creates the schema and returns the owner token.
+    pub fn init(database: &str) -> String {
+        let out = run_ok(&bin("nbde-server"), &["init", "--database", database], b"");
+        let text = String::from_utf8(out).unwrap();
+        text.lines().last().unwrap().to_owned()
+    }
+
+    pub fn start(database: &str, token: &str) -> Replica {
+        let mut child = Command::new(bin("nbde-server"))
+            .args(["serve", "--database", database, "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, url) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("nbde-server: listening on ") {
+                    let _ = found.send(url.to_owned());
+                }
+            }
+        });
+        let url = url
+            .recv_timeout(Duration::from_secs(30))
+            .expect("replica did not start listening");
+        Replica {
+            child,
+            url,
+            token: token.to_owned(),
+        }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(bin("nbde-server"))
+            .args(["--server", &self.url])
+            .args(args)
+            .env("NBDE_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "nbde-server {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Device `name` of org acme, on P-256 (the debug build's multiplication is slow).
+    pub fn add_device(&self, name: &str) {
+        self.admin_ok(&["device", "add", "--org", "acme", name, "--curve", "P-256"]);
+    }
+
+    /// The decision history, newest first (all of it: the tests stay well under the limit).
+    pub fn history(&self, device: Option<&str>) -> Vec<Value> {
+        let mut args = vec!["history", "--json", "--limit", "100000"];
+        if let Some(d) = device {
+            args.extend(["--device", d]);
+        }
+        let v: Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
+        v["history"].as_array().unwrap().clone()
+    }
+
+    /// As a crash would: no shutdown, connections cut mid-request.
+    pub fn kill9(&mut self) {
+        kill(&mut self.child, "-KILL");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        kill(&mut self.child, "-TERM");
+    }
+}
+
+/// Debian's haproxy in HTTP mode, round robin over the replicas, with health checks on
+/// `/healthz`. Connection failures are redispatched; a request cut mid-flight is the
+/// client's to retry, as clevis and nbde-unlock do.
+pub struct Haproxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(servers: &[&str]) -> Haproxy {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Haproxy::start_on(port, servers)
+    }
+
+    /// In front of `servers` on `port` (an address clients already have in their bindings).
+    pub fn start_on(port: u16, servers: &[&str]) -> Haproxy {
+        let dir = tempdir();
+        let mut config = format!(
+            "global\n  maxconn 1024\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n  retries 3\n  option redispatch\n\
+             frontend unlock\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+             backend replicas\n  balance roundrobin\n  option httpchk GET /healthz\n  default-server inter 200ms fall 2 rise 2\n"
+        );
+        for (i, server) in servers.iter().enumerate() {
+            config.push_str(&format!("  server r{i} {server} check\n"));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian's haproxy package; tests/run.sh installs it)");
+        let haproxy = Haproxy {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if get(&haproxy.addr(), "/healthz").is_ok_and(|(s, _)| s == 200) {
+                return haproxy;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("haproxy did not come up");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        kill(&mut self.child, "-TERM");
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// One request on a fresh connection, as clevis makes them; the reply read by its
+/// Content-Length. A connection cut before a full reply is an error.
+fn exchange(addr: &str, head: &str, body: &[u8]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::Error::other("empty reply"));
+    }
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let (mut length, mut retry_after) = (0usize, None);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("reply cut in the headers"));
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if let Some(v) = lower.strip_prefix("retry-after:") {
+            retry_after = Some(v.trim().to_owned());
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(addr, &head, b"").map(|r| (r.status, r.body))
+}
+
+pub fn post(addr: &str, path: &str, body: &[u8]) -> std::io::Result<Reply> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/jwk+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    exchange(addr, &head, body)
+}
+
+/// Recoveries of one device of org acme, each checked: the answer must be the client's
+/// point times the device's private key, which the advertised public key lets us verify
+/// (x·(s·G) = s·(x·G)).
+pub struct Recovery {
+    pub device: String,
+    server_key: EcPoint,
+    path: String,
+}
+
+impl Recovery {
+    /// Reads the device's advertisement from `addr`, verifying its signatures.
+    pub fn new(addr: &str, device: &str) -> Recovery {
+        let (status, adv) = get(addr, &format!("/o/acme/d/{device}/adv")).unwrap();
+        assert_eq!(status, 200, "adv of {device}");
+        let jws = Jws::parse(std::str::from_utf8(&adv).unwrap()).unwrap();
+        let keys = KeySet::from_verified_adv(&jws).unwrap();
+        let exchange = keys.exchange_key().unwrap();
+        let kid = exchange.thumbprint(ThumbprintHash::S256).unwrap();
+        Recovery {
+            device: device.to_owned(),
+            server_key: exchange.point().unwrap(),
+            path: format!("/o/acme/d/{device}/rec/{kid}"),
+        }
+    }
+
+    /// One recovery through `addr`; its status once the answer checked out.
+    pub fn attempt(&self, addr: &str) -> std::io::Result<u16> {
+        self.attempt_with_retry_after(addr).map(|(s, _)| s)
+    }
+
+    pub fn attempt_with_retry_after(&self, addr: &str) -> std::io::Result<(u16, Option<String>)> {
+        let curve = self.server_key.curve();
+        let x = curve.random_scalar().unwrap();
+        let mut request = Jwk::from_point(&x.public_point());
+        request.set("alg", "ECMR".into());
+        let reply = post(addr, &self.path, request.to_value().to_string().as_bytes())?;
+        if reply.status == 200 {
+            let value: Value = serde_json::from_slice(&reply.body).unwrap();
+            let answer = Jwk::from_value(value).unwrap().point().unwrap();
+            let expected = self.server_key.mul(&x).unwrap();
+            assert!(
+                answer.x() == expected.x() && answer.y() == expected.y(),
+                "{}: a wrong answer",
+                self.device
+            );
+        }
+        Ok((reply.status, reply.retry_after))
+    }
+}

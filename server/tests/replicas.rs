@@ -1,0 +1,361 @@
+//! Several `nbde-server` replicas on one PostgreSQL, as operators run them behind a load
+//! balancer: an admin change made through one is in force on the other within a second,
+//! allow-once and approvals are shared, a replica killed mid-storm behind haproxy leaves
+//! no answer without its history row, and a lost database answers 503 until it returns.
+
+mod replica;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use replica::{Haproxy, Recovery, Replica, get};
+use serde_json::Value;
+use testkit::Postgres;
+
+/// Replica A and B on a fresh database of `pg`, with org acme.
+fn two_replicas(pg: &Postgres) -> (Replica, Replica) {
+    let database = pg.create_database();
+    let token = Replica::init(&database);
+    let a = Replica::start(&database, &token);
+    let b = Replica::start(&database, &token);
+    a.admin_ok(&["org", "add", "acme"]);
+    (a, b)
+}
+
+#[test]
+fn an_admin_change_through_one_replica_is_in_force_on_the_other_within_a_second() {
+    let pg = Postgres::start();
+    let (a, b) = two_replicas(&pg);
+    a.add_device("web1");
+    let added = Instant::now();
+    loop {
+        if get(&b.addr(), "/o/acme/d/web1/adv").is_ok_and(|(s, _)| s == 200) {
+            break;
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(1),
+            "replica B did not serve the new device within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = added.elapsed();
+
+    // B answers with the key A made: the recovery checks out against A's advertisement.
+    let recovery = Recovery::new(&a.addr(), "web1");
+    assert_eq!(recovery.attempt(&b.addr()).unwrap(), 200);
+
+    // Retired through B: A takes no part from the next request on.
+    b.admin_ok(&["device", "retire", "acme/web1"]);
+    let status = recovery.attempt(&a.addr()).unwrap();
+    assert!(matches!(status, 403 | 404), "A answered {status}");
+    let gone = Instant::now();
+    while get(&a.addr(), "/o/acme/d/web1/adv").is_ok_and(|(s, _)| s == 200) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(1),
+            "A still advertises"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "device seen by the other replica after {seen:?}; retirement after {:?}",
+        gone.elapsed()
+    );
+}
+
+#[test]
+fn allow_once_is_answered_once_across_replicas() {
+    let pg = Postgres::start();
+    let (a, b) = two_replicas(&pg);
+    a.add_device("race");
+    let recovery = Arc::new(Recovery::new(&a.addr(), "race"));
+    a.admin_ok(&["device", "disable", "acme/race"]);
+    b.admin_ok(&["allow-once", "acme/race"]);
+    let barrier = Arc::new(Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a.addr() } else { b.addr() };
+            let (recovery, barrier) = (recovery.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                recovery.attempt(&addr).unwrap()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        49,
+        "{statuses:?}"
+    );
+    let history = b.history(Some("acme/race"));
+    assert_eq!(history.len(), 50);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|r| r["decision"] == "allowed")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_request_made_through_one_replica_is_approved_and_used_through_the_other() {
+    let pg = Postgres::start();
+    let (a, b) = two_replicas(&pg);
+    a.add_device("db1");
+    let recovery = Recovery::new(&a.addr(), "db1");
+    a.admin_ok(&["device", "tag", "acme/db1", "tier=db"]);
+    a.admin_ok(&[
+        "group",
+        "add",
+        "acme",
+        "dbas",
+        "--tag",
+        "tier=db",
+        "--approver",
+        "owner",
+    ]);
+
+    assert_eq!(recovery.attempt(&a.addr()).unwrap(), 403);
+    assert_eq!(recovery.attempt(&b.addr()).unwrap(), 403);
+    let requests: Value = serde_json::from_str(&b.admin_ok(&["requests", "--json"])).unwrap();
+    let requests = requests["requests"].as_array().unwrap();
+    assert_eq!(
+        requests.len(),
+        1,
+        "one request from both replicas: {requests:?}"
+    );
+    let id = requests[0]["id"].to_string();
+    b.admin_ok(&["approve", &id]);
+    assert_eq!(recovery.attempt(&a.addr()).unwrap(), 200);
+    assert_eq!(
+        recovery.attempt(&b.addr()).unwrap(),
+        403,
+        "an approval is good for one unlock, on any replica"
+    );
+}
+
+/// Every answered recovery has its history row, and a retry reaches the survivor.
+#[test]
+fn a_replica_killed_during_a_storm_behind_haproxy_leaves_no_answer_without_a_row() {
+    const DEVICES: usize = 120;
+    const CLIENTS: usize = 8;
+    let pg = Postgres::start();
+    let (a, b) = two_replicas(&pg);
+    let mut a = Some(a);
+    let recoveries: Vec<Recovery> = (0..DEVICES)
+        .map(|i| {
+            let name = format!("d{i}");
+            b.add_device(&name);
+            Recovery::new(&b.addr(), &name)
+        })
+        .collect();
+    let haproxy = Haproxy::start(&[&a.as_ref().unwrap().addr(), &b.addr()]);
+    let front = haproxy.addr();
+
+    let queue = Arc::new(Mutex::new(recoveries.into_iter().collect::<Vec<_>>()));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (queue, answered, failures, front) = (
+                queue.clone(),
+                answered.clone(),
+                failures.clone(),
+                front.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                loop {
+                    let Some(recovery) = queue.lock().unwrap().pop() else {
+                        return done;
+                    };
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        assert!(tries < 200, "{} never got through", recovery.device);
+                        match recovery.attempt(&front) {
+                            Ok(200) => break,
+                            Ok(status) if status >= 500 => {
+                                *failures
+                                    .lock()
+                                    .unwrap()
+                                    .entry(status.to_string())
+                                    .or_default() += 1
+                            }
+                            Ok(status) => panic!("{}: HTTP {status}", recovery.device),
+                            Err(e) => {
+                                *failures.lock().unwrap().entry(e.to_string()).or_default() += 1
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    done.push(recovery.device.clone());
+                }
+            })
+        })
+        .collect();
+    // Mid-storm: the first third answered, requests in flight on both replicas.
+    while answered.load(Ordering::SeqCst) < DEVICES / 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_at = answered.load(Ordering::SeqCst);
+    a.as_mut().unwrap().kill9();
+    let devices: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert_eq!(
+        devices.len(),
+        DEVICES,
+        "every client got through in the end"
+    );
+
+    let history = b.history(None);
+    for device in &devices {
+        let org_device = device.as_str();
+        assert!(
+            history
+                .iter()
+                .any(|r| r["device"] == org_device && r["decision"] == "allowed"),
+            "{device} was answered but has no allowed row"
+        );
+    }
+    let allowed = history
+        .iter()
+        .filter(|r| r["decision"] == "allowed")
+        .count();
+    assert!(
+        allowed >= DEVICES,
+        "{allowed} allowed rows for {DEVICES} answers"
+    );
+    eprintln!(
+        "killed replica A after {killed_at}/{DEVICES} answers; failed attempts the clients retried: {:?}; allowed rows {allowed}",
+        failures.lock().unwrap()
+    );
+    drop(a);
+}
+
+#[test]
+fn a_lost_database_answers_503_with_retry_after_and_recovers_by_itself() {
+    let pg = Postgres::start();
+    let (a, _b) = two_replicas(&pg);
+    a.add_device("web1");
+    let recovery = Recovery::new(&a.addr(), "web1");
+    assert_eq!(recovery.attempt(&a.addr()).unwrap(), 200);
+    let rows_before = a.history(Some("acme/web1")).len();
+
+    pg.stop();
+    let started = Instant::now();
+    let (status, retry_after) = recovery.attempt_with_retry_after(&a.addr()).unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        retry_after
+            .as_deref()
+            .is_some_and(|s| s.parse::<u64>().is_ok()),
+        "{retry_after:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a dead database is noticed in bounded time: {:?}",
+        started.elapsed()
+    );
+    let healthz = get(&a.addr(), "/healthz").unwrap().0;
+    assert_eq!(healthz, 503, "a load balancer's health check sees it too");
+
+    pg.start_again();
+    let back = Instant::now();
+    loop {
+        match recovery.attempt(&a.addr()).unwrap() {
+            200 => break,
+            503 => assert!(back.elapsed() < Duration::from_secs(15), "no recovery"),
+            other => panic!("HTTP {other}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only answered requests have rows: the 503s took no part.
+    let rows = a.history(Some("acme/web1"));
+    assert_eq!(
+        rows.iter().filter(|r| r["decision"] == "allowed").count(),
+        2,
+        "{rows:?}"
+    );
+    assert!(rows.len() > rows_before);
+    eprintln!(
+        "recovered {:?} after the database came back",
+        back.elapsed()
+    );
+}
+
+#[test]
+fn a_sqlite_store_moved_to_postgresql_keeps_unlocking_what_it_bound_through_the_replicas() {
+    // Before: the embedded default, with a binding made by stock clevis and some history.
+    let mut old = testkit::NbdeServer::start(&[]);
+    let (url, thp) = old.add_device("acme", "web1", Some("P-384"));
+    old.admin_ok(&["account", "add", "acme", "alice", "--role", "approver"]);
+    old.admin_ok(&["device", "tag", "acme/web1", "tier=web"]);
+    let config = serde_json::json!({"url": url, "thp": thp}).to_string();
+    let jwe = testkit::run_ok("clevis", &["encrypt", "tang", &config], b"moved secret");
+    let jwe = String::from_utf8(jwe).unwrap();
+    assert_eq!(testkit::clevis_decrypt(&jwe).stdout, b"moved secret");
+    let history_before = old.history(None).len();
+    let port = old.url.rsplit(':').next().unwrap().to_owned();
+    old.stop();
+
+    let pg = Postgres::start();
+    let database = pg.create_database();
+    let data = old.data.path().to_str().unwrap().to_owned();
+    let moved = testkit::run_ok(
+        &testkit::bin("nbde-server"),
+        &["migrate", "--from", &data, "--to", &database],
+        b"",
+    );
+    let moved = String::from_utf8(moved).unwrap();
+    assert!(moved.contains("exchange_keys"), "{moved}");
+
+    // After: two replicas behind haproxy on the old address, so the binding's URL holds.
+    let a = Replica::start(&database, &old.token);
+    let b = Replica::start(&database, &old.token);
+    let haproxy = Haproxy::start_on(port.parse().unwrap(), &[&a.addr(), &b.addr()]);
+    for _ in 0..4 {
+        // Round robin: both replicas answer in turn.
+        assert_eq!(testkit::clevis_decrypt(&jwe).stdout, b"moved secret");
+        assert_eq!(testkit::ours_decrypt(&jwe).stdout, b"moved secret");
+    }
+    let history = b.history(None);
+    assert_eq!(
+        history.len(),
+        history_before + 8,
+        "old rows moved, new rows added"
+    );
+    let tags = a.admin_ok(&["device", "tag", "acme/web1", "--json"]);
+    assert!(tags.contains("tier"), "{tags}");
+    let audit = a.admin_ok(&["audit", "--json"]);
+    assert!(audit.contains("alice"), "the audit trail moved: {audit}");
+
+    // A second move into the now populated database is refused and changes nothing.
+    let again = testkit::run(
+        &testkit::bin("nbde-server"),
+        &["migrate", "--from", &data, "--to", &database],
+        b"",
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{again:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains(pg.password()),
+        "no secret in errors"
+    );
+    assert_eq!(b.history(None).len(), history_before + 8);
+    drop(haproxy);
+}

@@ -1,0 +1,196 @@
+//! `nbde-server` processes for tests: on a SQLite data directory of their own, or on a
+//! PostgreSQL database that several of them (replicas) share.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{bin, run_ok, tempdir};
+
+/// A running `nbde-server` on a free loopback port with its own data directory, ended by
+/// PID when dropped. `token` is the owner token `init` printed.
+pub struct NbdeServer {
+    pub data: tempfile::TempDir,
+    pub url: String,
+    pub token: String,
+    /// CA file the admin CLI trusts when the server speaks HTTPS.
+    pub cacert: Option<PathBuf>,
+    /// The PostgreSQL URL the server runs on instead of `data` (which then stays empty).
+    pub database: Option<String>,
+    extra_args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl NbdeServer {
+    pub fn start(extra_args: &[&str]) -> NbdeServer {
+        NbdeServer::start_on(0, extra_args)
+    }
+
+    /// As `start`, on a given port (0: any free one).
+    pub fn start_on(port: u16, extra_args: &[&str]) -> NbdeServer {
+        let data = tempdir();
+        let out = run_ok(
+            &bin("nbde-server"),
+            &["init", "--data", data.path().to_str().unwrap()],
+            b"",
+        );
+        let token = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        let mut server = NbdeServer {
+            data,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            cacert: None,
+            database: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// A server on the PostgreSQL database at `url`, which `init` creates (any free port).
+    pub fn start_on_database(url: &str, extra_args: &[&str]) -> NbdeServer {
+        let out = run_ok(&bin("nbde-server"), &["init", "--database", url], b"");
+        let token = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        NbdeServer::on_database(url, token, extra_args)
+    }
+
+    /// Another server process on this one's database (a replica), on any free port.
+    pub fn replica(&self, extra_args: &[&str]) -> NbdeServer {
+        let url = self
+            .database
+            .as_deref()
+            .expect("a replica shares a database: start_on_database");
+        NbdeServer::on_database(url, self.token.clone(), extra_args)
+    }
+
+    fn on_database(url: &str, token: String, extra_args: &[&str]) -> NbdeServer {
+        let mut server = NbdeServer {
+            data: tempdir(),
+            url: "http://127.0.0.1:0".into(),
+            token,
+            cacert: None,
+            database: Some(url.to_owned()),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Stops (SIGTERM, as a service manager would) and starts again on the same port,
+    /// so the URLs in existing bindings still point at it.
+    pub fn restart(&mut self) {
+        self.stop();
+        let listen = match self.url.rsplit_once(':') {
+            Some((_, port)) => format!("127.0.0.1:{port}"),
+            None => "127.0.0.1:0".into(),
+        };
+        let mut args = vec!["serve".to_string(), "--listen".into(), listen];
+        match &self.database {
+            Some(url) => args.extend(["--database".into(), url.clone()]),
+            None => args.extend(["--data".into(), self.data.path().to_str().unwrap().into()]),
+        }
+        args.extend(self.extra_args.iter().cloned());
+        let mut child = Command::new(bin("nbde-server"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, port) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if !sent && let Some(url) = line.strip_prefix("nbde-server: listening on ") {
+                    let _ = found.send(url.to_owned());
+                    sent = true;
+                }
+            }
+        });
+        self.url = port
+            .recv_timeout(Duration::from_secs(30))
+            .expect("nbde-server did not start listening");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Ends only the process this harness started, by its PID.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs an admin verb through the CLI against this server.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--server", &self.url];
+        full.extend_from_slice(args);
+        let mut command = Command::new(bin("nbde-server"));
+        command.args(&full).env("NBDE_TOKEN", &self.token);
+        if let Some(ca) = &self.cacert {
+            command.env("NBDE_CACERT", ca);
+        }
+        command.output().unwrap()
+    }
+
+    /// Runs an admin verb that must succeed; returns stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "nbde-server {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Adds `org` (if needed) and `device`; returns (unlock URL, thp).
+    pub fn add_device(&self, org: &str, device: &str, curve: Option<&str>) -> (String, String) {
+        let _ = self.admin(&["org", "add", org]);
+        let mut args = vec!["device", "add", "--org", org, device, "--json"];
+        if let Some(curve) = curve {
+            args.extend(["--curve", curve]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
+        (
+            v["url"].as_str().unwrap().to_owned(),
+            v["thp"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The decision history as JSON rows, newest first.
+    pub fn history(&self, device: Option<&str>) -> Vec<serde_json::Value> {
+        let mut args = vec!["history", "--json"];
+        if let Some(d) = device {
+            args.extend(["--device", d]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
+        v["history"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for NbdeServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
