@@ -10,16 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use replica::{Haproxy, Recovery, Replica, get};
+use replica::{Haproxy, Recovery, get};
 use serde_json::Value;
-use testkit::Postgres;
+use testkit::{NbdeServer, Postgres};
 
 /// Replica A and B on a fresh database of `pg`, with org acme.
-fn two_replicas(pg: &Postgres) -> (Replica, Replica) {
-    let database = pg.create_database();
-    let token = Replica::init(&database);
-    let a = Replica::start(&database, &token);
-    let b = Replica::start(&database, &token);
+fn two_replicas(pg: &Postgres) -> (NbdeServer, NbdeServer) {
+    let a = NbdeServer::start_on_database(&pg.create_database(), &[]);
+    let b = a.replica(&[]);
     a.admin_ok(&["org", "add", "acme"]);
     (a, b)
 }
@@ -28,7 +26,7 @@ fn two_replicas(pg: &Postgres) -> (Replica, Replica) {
 fn an_admin_change_through_one_replica_is_in_force_on_the_other_within_a_second() {
     let pg = Postgres::start();
     let (a, b) = two_replicas(&pg);
-    a.add_device("web1");
+    a.add_device("acme", "web1", Some("P-256"));
     let added = Instant::now();
     loop {
         if get(&b.addr(), "/o/acme/d/web1/adv").is_ok_and(|(s, _)| s == 200) {
@@ -68,7 +66,7 @@ fn an_admin_change_through_one_replica_is_in_force_on_the_other_within_a_second(
 fn allow_once_is_answered_once_across_replicas() {
     let pg = Postgres::start();
     let (a, b) = two_replicas(&pg);
-    a.add_device("race");
+    a.add_device("acme", "race", Some("P-256"));
     let recovery = Arc::new(Recovery::new(&a.addr(), "race"));
     a.admin_ok(&["device", "disable", "acme/race"]);
     b.admin_ok(&["allow-once", "acme/race"]);
@@ -109,7 +107,7 @@ fn allow_once_is_answered_once_across_replicas() {
 fn a_request_made_through_one_replica_is_approved_and_used_through_the_other() {
     let pg = Postgres::start();
     let (a, b) = two_replicas(&pg);
-    a.add_device("db1");
+    a.add_device("acme", "db1", Some("P-256"));
     let recovery = Recovery::new(&a.addr(), "db1");
     a.admin_ok(&["device", "tag", "acme/db1", "tier=db"]);
     a.admin_ok(&[
@@ -153,7 +151,7 @@ fn a_replica_killed_during_a_storm_behind_haproxy_leaves_no_answer_without_a_row
     let recoveries: Vec<Recovery> = (0..DEVICES)
         .map(|i| {
             let name = format!("d{i}");
-            b.add_device(&name);
+            b.add_device("acme", &name, Some("P-256"));
             Recovery::new(&b.addr(), &name)
         })
         .collect();
@@ -248,7 +246,7 @@ fn a_replica_killed_during_a_storm_behind_haproxy_leaves_no_answer_without_a_row
 fn a_lost_database_answers_503_with_retry_after_and_recovers_by_itself() {
     let pg = Postgres::start();
     let (a, _b) = two_replicas(&pg);
-    a.add_device("web1");
+    a.add_device("acme", "web1", Some("P-256"));
     let recovery = Recovery::new(&a.addr(), "web1");
     assert_eq!(recovery.attempt(&a.addr()).unwrap(), 200);
     let rows_before = a.history(Some("acme/web1")).len();
@@ -322,8 +320,8 @@ fn a_sqlite_store_moved_to_postgresql_keeps_unlocking_what_it_bound_through_the_
     assert!(moved.contains("exchange_keys"), "{moved}");
 
     // After: two replicas behind haproxy on the old address, so the binding's URL holds.
-    let a = Replica::start(&database, &old.token);
-    let b = Replica::start(&database, &old.token);
+    let a = NbdeServer::attach(&database, old.token.clone(), &[]);
+    let b = a.replica(&[]);
     let haproxy = Haproxy::start_on(port.parse().unwrap(), &[&a.addr(), &b.addr()]);
     for _ in 0..4 {
         // Round robin: both replicas answer in turn.

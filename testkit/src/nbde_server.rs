@@ -62,7 +62,7 @@ impl NbdeServer {
             .last()
             .unwrap()
             .to_owned();
-        NbdeServer::on_database(url, token, extra_args)
+        NbdeServer::attach(url, token, extra_args)
     }
 
     /// Another server process on this one's database (a replica), on any free port.
@@ -71,10 +71,12 @@ impl NbdeServer {
             .database
             .as_deref()
             .expect("a replica shares a database: start_on_database");
-        NbdeServer::on_database(url, self.token.clone(), extra_args)
+        NbdeServer::attach(url, self.token.clone(), extra_args)
     }
 
-    fn on_database(url: &str, token: String, extra_args: &[&str]) -> NbdeServer {
+    /// A server process on an initialised database whose owner token is `token` (after a
+    /// `migrate`, say), on any free port.
+    pub fn attach(url: &str, token: String, extra_args: &[&str]) -> NbdeServer {
         let mut server = NbdeServer {
             data: tempdir(),
             url: "http://127.0.0.1:0".into(),
@@ -131,14 +133,28 @@ impl NbdeServer {
     }
 
     pub fn stop(&mut self) {
+        self.signal("-TERM");
+    }
+
+    /// As a crash would: no shutdown, connections cut mid-request.
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&mut self, signal: &str) {
         if let Some(mut child) = self.child.take() {
             // Ends only the process this harness started, by its PID.
             let _ = Command::new("kill")
-                .arg("-TERM")
+                .arg(signal)
                 .arg(child.id().to_string())
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// `host:port`, for raw requests.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
     }
 
     /// Runs an admin verb through the CLI against this server.
@@ -178,9 +194,10 @@ impl NbdeServer {
         )
     }
 
-    /// The decision history as JSON rows, newest first.
+    /// The decision history as JSON rows, newest first (all of it: tests stay well under
+    /// the limit).
     pub fn history(&self, device: Option<&str>) -> Vec<serde_json::Value> {
-        let mut args = vec!["history", "--json"];
+        let mut args = vec!["history", "--json", "--limit", "100000"];
         if let Some(d) = device {
             args.extend(["--device", d]);
         }

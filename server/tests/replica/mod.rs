@@ -1,115 +1,22 @@
-//! What the replica tests run: `nbde-server serve --database` processes, Debian's haproxy
+//! What the replica tests run beside `testkit::NbdeServer` replicas: Debian's haproxy
 //! in front of them, and a recovery client that checks every answer against the device's
 //! advertised key. Every process is ended by its PID.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nbde_proto::adv::KeySet;
 use nbde_proto::{EcPoint, Jwk, Jws, ThumbprintHash};
 use serde_json::Value;
-use testkit::{bin, run_ok, tempdir};
+use testkit::tempdir;
 
 fn kill(child: &mut Child, signal: &str) {
     let _ = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status();
     let _ = child.wait();
-}
-
-/// One `nbde-server serve --database` on a free loopback port.
-pub struct Replica {
-    child: Child,
-    url: String,
-    token: String,
-}
-
-impl Replica {
-    /// `nbde-server init --database`: creates the schema and returns the owner token.
-    pub fn init(database: &str) -> String {
-        let out = run_ok(&bin("nbde-server"), &["init", "--database", database], b"");
-        let text = String::from_utf8(out).unwrap();
-        text.lines().last().unwrap().to_owned()
-    }
-
-    pub fn start(database: &str, token: &str) -> Replica {
-        let mut child = Command::new(bin("nbde-server"))
-            .args(["serve", "--database", database, "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (found, url) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("nbde-server: listening on ") {
-                    let _ = found.send(url.to_owned());
-                }
-            }
-        });
-        let url = url
-            .recv_timeout(Duration::from_secs(30))
-            .expect("replica did not start listening");
-        Replica {
-            child,
-            url,
-            token: token.to_owned(),
-        }
-    }
-
-    /// `host:port`.
-    pub fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
-    }
-
-    pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(bin("nbde-server"))
-            .args(["--server", &self.url])
-            .args(args)
-            .env("NBDE_TOKEN", &self.token)
-            .output()
-            .unwrap()
-    }
-
-    pub fn admin_ok(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        assert!(
-            out.status.success(),
-            "nbde-server {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Device `name` of org acme, on P-256 (the debug build's multiplication is slow).
-    pub fn add_device(&self, name: &str) {
-        self.admin_ok(&["device", "add", "--org", "acme", name, "--curve", "P-256"]);
-    }
-
-    /// The decision history, newest first (all of it: the tests stay well under the limit).
-    pub fn history(&self, device: Option<&str>) -> Vec<Value> {
-        let mut args = vec!["history", "--json", "--limit", "100000"];
-        if let Some(d) = device {
-            args.extend(["--device", d]);
-        }
-        let v: Value = serde_json::from_str(&self.admin_ok(&args)).unwrap();
-        v["history"].as_array().unwrap().clone()
-    }
-
-    /// As a crash would: no shutdown, connections cut mid-request.
-    pub fn kill9(&mut self) {
-        kill(&mut self.child, "-KILL");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        kill(&mut self.child, "-TERM");
-    }
 }
 
 /// Debian's haproxy in HTTP mode, round robin over the replicas, with health checks on
