@@ -11,7 +11,7 @@ REPO=$(dirname "$QEMU_DIR")
 
 # Debian packages the boot scripts and the demo need on the host.
 QEMU_HOST_PACKAGES=(qemu-system-x86 busybox-static kmod xz-utils e2fsprogs cpio socat curl python3
-    cryptsetup-bin debootstrap libcryptsetup-dev clang pkg-config bc)
+    cryptsetup-bin debootstrap libcryptsetup-dev clang pkg-config bc libssl-dev)
 
 qemu_install_host_packages() {
     local missing=() p

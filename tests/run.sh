@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace
-    luksmeta keyutils sqlite3 postgresql haproxy)
+    luksmeta keyutils sqlite3 postgresql haproxy libssl-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
