@@ -26,6 +26,9 @@ pub struct Config {
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
     pub public_url: Option<String>,
+    /// The web console's origin as browsers reach it (passkeys are bound to its host);
+    /// the public URL if unset.
+    pub console_origin: Option<String>,
     pub tang_dir: Option<PathBuf>,
 }
 

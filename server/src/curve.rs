@@ -115,9 +115,8 @@ fn multiply(curve: Curve, k: &[u8], x: &[u8], y: &[u8]) -> Result<(Vec<u8>, Vec<
     let point = Owned::new(unsafe { ffi::EC_POINT_new(group) }, ffi::EC_POINT_free)?;
     // The setter refuses coordinates off the curve; checked once more below, so the
     // promise does not rest on one library's setter.
-    if unsafe {
-        ffi::EC_POINT_set_affine_coordinates_GFp(group, point.ptr, x.ptr, y.ptr, ctx.ptr)
-    } != 1
+    if unsafe { ffi::EC_POINT_set_affine_coordinates_GFp(group, point.ptr, x.ptr, y.ptr, ctx.ptr) }
+        != 1
     {
         return fail("point");
     }

@@ -47,6 +47,10 @@ pub fn run(config: Config) -> Result<(), String> {
                 trusted_proxies: config.trusted_proxies.clone(),
                 public_url: config.public_url.clone(),
                 tls: config.tls_cert.is_some(),
+                console_origin: config
+                    .console_origin
+                    .clone()
+                    .or_else(|| config.public_url.clone()),
             },
         )
         .map_err(|e| e.to_string())?,

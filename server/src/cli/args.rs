@@ -394,6 +394,10 @@ pub struct ServeArgs {
     /// base of the unlock URLs handed out (e.g. https://tang.example)
     #[argh(option)]
     pub public_url: Option<String>,
+    /// the web console's origin as browsers reach it, for passkeys (e.g.
+    /// https://nbde.example; default: the public URL)
+    #[argh(option)]
+    pub console_origin: Option<String>,
 }
 
 #[derive(FromArgs)]

@@ -69,5 +69,6 @@ pub fn serve(a: ServeArgs) -> Result<(), String> {
     config.insecure_http |= a.insecure_http;
     config.tang_dir = a.tang_dir.or(config.tang_dir);
     config.public_url = a.public_url.or(config.public_url);
+    config.console_origin = a.console_origin.or(config.console_origin);
     nbde_server::serve::run(config)
 }

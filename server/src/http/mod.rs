@@ -1,6 +1,7 @@
 //! The HTTP surface: `app(state)` builds one router from the tang, admin and operations areas.
 
 pub mod admin;
+pub mod console;
 pub mod tang;
 
 use std::net::IpAddr;
@@ -29,6 +30,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// Whether we serve HTTPS (for the scheme of the URLs handed out).
     pub tls: bool,
+    /// The console's origin for passkeys; without one, the console signs in by token only.
+    pub console_origin: Option<String>,
 }
 
 pub struct AppState {
@@ -40,13 +43,21 @@ pub struct AppState {
     pub tang_dir: Option<TangDir>,
     pub metrics: Metrics,
     pub settings: Settings,
+    pub console: console::ConsoleState,
 }
 
 impl AppState {
     pub fn new(store: Store, tang_dir: Option<TangDir>, settings: Settings) -> Result<AppState> {
         let keys = KeyRing::load(&store, None)?;
         let history = Writer::start(store.history_sink()?)?;
+        let passkeys = match &settings.console_origin {
+            Some(origin) => {
+                Some(console::PasskeyConfig::new(origin).map_err(ApiError::BadRequest)?)
+            }
+            None => None,
+        };
         Ok(AppState {
+            console: console::ConsoleState::new(passkeys),
             store,
             keys: RwLock::new(Arc::new(keys)),
             reloading: Mutex::new(()),
@@ -156,6 +167,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(tang)
         .nest("/admin/v1", admin::router())
+        .nest("/console", console::router())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)

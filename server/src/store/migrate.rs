@@ -13,7 +13,7 @@ use super::{Location, Store};
 
 /// Every table, parents before children (foreign keys are checked row by row).
 /// `erasure_pending` is not moved: opening the SQLite store finishes a pending erasure.
-const TABLES: [&str; 21] = [
+const TABLES: [&str; 22] = [
     "orgs",
     "signing_keys",
     "devices",
@@ -35,10 +35,12 @@ const TABLES: [&str; 21] = [
     "unlock_requests",
     "escrow_keys",
     "device_escrow",
+    "passkeys",
 ];
 
-/// Tables of the SQLite schema that hold nothing to move.
-const NOT_MOVED: [&str; 1] = ["erasure_pending"];
+/// Tables of the SQLite schema that hold nothing to move (sessions: signing in again is
+/// cheaper than carrying live cookies across a move).
+const NOT_MOVED: [&str; 2] = ["erasure_pending", "console_sessions"];
 
 /// Rows moved, by table.
 pub type Moved = Vec<(&'static str, usize)>;

@@ -203,6 +203,9 @@ pub trait Accounts {
     fn account_count(&self) -> Result<i64>;
     fn add_account(&self, name: &str, is_admin: bool) -> Result<i64>;
     fn account_id(&self, name: &str) -> Result<i64>;
+    fn account_by_id(&self, id: i64) -> Result<Option<Account>>;
+    /// The accounts with a role in `org`, by name.
+    fn members(&self, org: &str) -> Result<Vec<(String, Role)>>;
     fn add_token(&self, account_id: i64, hash: &[u8]) -> Result<i64>;
     /// The account a live token belongs to.
     fn account_by_token(&self, hash: &[u8]) -> Result<Option<Account>>;
@@ -211,6 +214,45 @@ pub trait Accounts {
     /// Gives `account` `role` in `org`, replacing the role it had there.
     fn add_member(&self, account: i64, org: &str, role: Role) -> Result<()>;
     fn memberships(&self, account: i64) -> Result<Vec<(String, Role)>>;
+}
+
+/// A console session as stored (by the hash of its cookie value).
+#[derive(Clone, Debug)]
+pub struct ConsoleSession {
+    /// None while a passkey sign-in is under way.
+    pub account: Option<Account>,
+    pub csrf: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    /// A WebAuthn ceremony in progress (webauthn-rs state, JSON).
+    pub ceremony: Option<String>,
+}
+
+/// A passkey of an account; `credential` is webauthn-rs's `Passkey`, JSON.
+#[derive(Clone, Debug)]
+pub struct StoredPasskey {
+    pub id: i64,
+    pub name: String,
+    pub credential: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// The web console's sessions and the accounts' passkeys.
+pub trait Console {
+    fn session_add(&self, hash: &[u8], account: Option<i64>, csrf: &str) -> Result<()>;
+    /// The session with its account, whatever its age: the caller applies the expiry.
+    fn session(&self, hash: &[u8]) -> Result<Option<ConsoleSession>>;
+    fn session_touch(&self, hash: &[u8]) -> Result<()>;
+    /// Sets (or clears) the ceremony in progress; returns the one it replaced.
+    fn session_ceremony(&self, hash: &[u8], ceremony: Option<&str>) -> Result<Option<String>>;
+    fn session_rm(&self, hash: &[u8]) -> Result<()>;
+    /// Deletes sessions idle since before `idle_before` or created before `created_before`.
+    fn sessions_expire(&self, idle_before: i64, created_before: i64) -> Result<usize>;
+    fn passkey_add(&self, account: i64, name: &str, credential: &str) -> Result<i64>;
+    fn passkeys(&self, account: i64) -> Result<Vec<StoredPasskey>>;
+    /// Stores a credential's new state (its counter) after a sign-in.
+    fn passkey_used(&self, id: i64, credential: &str) -> Result<()>;
 }
 
 /// The trail of admin changes.
@@ -240,12 +282,12 @@ pub trait Rec {
 }
 
 pub trait Backend:
-    Devices + Escrow + Sources + Approvals + Accounts + Audit + Rec + Send + Sync
+    Devices + Escrow + Sources + Approvals + Accounts + Console + Audit + Rec + Send + Sync
 {
 }
 
-impl<T: Devices + Escrow + Sources + Approvals + Accounts + Audit + Rec + Send + Sync> Backend
-    for T
+impl<T: Devices + Escrow + Sources + Approvals + Accounts + Console + Audit + Rec + Send + Sync>
+    Backend for T
 {
 }
 

@@ -11,7 +11,7 @@ use crate::error::{ApiError, Result};
 use crate::http::AppState;
 use crate::store::StoreError;
 
-pub(super) async fn add_account(
+pub(crate) async fn add_account(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -46,7 +46,7 @@ pub(super) async fn add_account(
     .await
 }
 
-pub(super) async fn add_token(
+pub(crate) async fn add_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<TokenCreated>> {
@@ -63,7 +63,7 @@ pub(super) async fn add_token(
     .await
 }
 
-pub(super) async fn revoke_token(
+pub(crate) async fn revoke_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<i64>,

@@ -17,7 +17,7 @@ use crate::policy::Verdict;
 /// The longest an approval may stay valid: a week.
 const MAX_WINDOW: i64 = 7 * 86400;
 
-pub(super) async fn allow_once(
+pub(crate) async fn allow_once(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,
@@ -36,7 +36,7 @@ pub(super) async fn allow_once(
     .await
 }
 
-pub(super) async fn list_groups(
+pub(crate) async fn list_groups(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -50,7 +50,7 @@ pub(super) async fn list_groups(
     .await
 }
 
-pub(super) async fn add_group(
+pub(crate) async fn add_group(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -73,7 +73,7 @@ pub(super) async fn add_group(
     .await
 }
 
-pub(super) async fn rm_group(
+pub(crate) async fn rm_group(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, name)): Path<(String, String)>,
@@ -87,7 +87,7 @@ pub(super) async fn rm_group(
     .await
 }
 
-pub(super) async fn list_requests(
+pub(crate) async fn list_requests(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(q): Query<RequestQuery>,
@@ -134,7 +134,7 @@ async fn decide(
     .await
 }
 
-pub(super) async fn approve(
+pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<i64>,
@@ -142,7 +142,7 @@ pub(super) async fn approve(
     decide(state, caller, id, Verdict::Approve).await
 }
 
-pub(super) async fn deny(
+pub(crate) async fn deny(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<i64>,
@@ -150,7 +150,7 @@ pub(super) async fn deny(
     decide(state, caller, id, Verdict::Deny).await
 }
 
-pub(super) async fn defer(
+pub(crate) async fn defer(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<i64>,

@@ -13,7 +13,7 @@ use crate::http::AppState;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 10_000;
 
-pub(super) async fn history(
+pub(crate) async fn history(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(q): Query<HistoryQuery>,
@@ -41,7 +41,7 @@ pub(super) async fn history(
     .await
 }
 
-pub(super) async fn audit(
+pub(crate) async fn audit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(q): Query<AuditQuery>,

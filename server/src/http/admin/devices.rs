@@ -17,7 +17,7 @@ use crate::http::AppState;
 use crate::keys;
 use crate::policy::DeviceState;
 
-pub(super) async fn list_orgs(
+pub(crate) async fn list_orgs(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<OrgList>> {
@@ -38,7 +38,7 @@ pub(super) async fn list_orgs(
     .await
 }
 
-pub(super) async fn add_org(
+pub(crate) async fn add_org(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Json(body): Json<NewOrg>,
@@ -62,7 +62,7 @@ pub(super) async fn add_org(
     .await
 }
 
-pub(super) async fn list(
+pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -90,7 +90,7 @@ fn curve_of(name: Option<&str>) -> Result<Curve> {
     }
 }
 
-pub(super) async fn add(
+pub(crate) async fn add(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -110,7 +110,7 @@ pub(super) async fn add(
     .await
 }
 
-pub(super) async fn show(
+pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,
@@ -173,7 +173,7 @@ fn set_state(state: DeviceState) -> impl FnOnce(&AppState, &str, &str) -> Result
     move |s, org, device| Ok(s.store.set_device_state(org, device, state)?)
 }
 
-pub(super) async fn disable(
+pub(crate) async fn disable(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String)>,
@@ -183,7 +183,7 @@ pub(super) async fn disable(
     device_verb(state, caller, path, headers, "disable", apply).await
 }
 
-pub(super) async fn enable(
+pub(crate) async fn enable(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String)>,
@@ -193,7 +193,7 @@ pub(super) async fn enable(
     device_verb(state, caller, path, headers, "enable", apply).await
 }
 
-pub(super) async fn retire(
+pub(crate) async fn retire(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String)>,
@@ -205,7 +205,7 @@ pub(super) async fn retire(
 }
 
 /// The machine's report of its volume's mode; `sovereign` retires the device.
-pub(super) async fn mode(
+pub(crate) async fn mode(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String)>,
@@ -238,7 +238,7 @@ pub(super) async fn mode(
     .await
 }
 
-pub(super) async fn rotate(
+pub(crate) async fn rotate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String)>,

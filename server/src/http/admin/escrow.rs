@@ -123,7 +123,7 @@ fn check_uuid(uuid: &str) -> Result<()> {
     }
 }
 
-pub(super) async fn set_key(
+pub(crate) async fn set_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -147,7 +147,7 @@ pub(super) async fn set_key(
     .await
 }
 
-pub(super) async fn key(
+pub(crate) async fn key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -169,7 +169,7 @@ pub(super) async fn key(
     .await
 }
 
-pub(super) async fn put(
+pub(crate) async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,
@@ -213,7 +213,7 @@ pub(super) async fn put(
     .await
 }
 
-pub(super) async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,
@@ -233,7 +233,7 @@ pub(super) async fn get(
     .await
 }
 
-pub(super) async fn rm(
+pub(crate) async fn rm(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,

@@ -8,12 +8,12 @@
 //! made) is owner of every org and the only one who creates orgs. A caller with no role in
 //! an org gets 403 for anything of it.
 
-mod accounts;
-mod approvals;
-mod audit;
-mod devices;
-mod escrow;
-mod policy;
+pub(crate) mod accounts;
+pub(crate) mod approvals;
+pub(crate) mod audit;
+pub(crate) mod devices;
+pub(crate) mod escrow;
+pub(crate) mod policy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +44,7 @@ pub fn new_token() -> Result<String> {
 }
 
 /// The authenticated caller and its roles.
+#[derive(Clone)]
 pub struct Caller {
     pub account: Account,
     roles: Vec<(String, Role)>,
@@ -73,7 +74,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 }
 
 impl Caller {
-    fn role_in(&self, org: &str) -> Option<Role> {
+    /// The caller `account` is, with its roles: how the web console acts through the same
+    /// handlers as the API (blocking: it reads the store).
+    pub(crate) fn of_account(state: &AppState, account: Account) -> Result<Caller> {
+        let roles = state.store.memberships(account.id)?;
+        Ok(Caller { account, roles })
+    }
+
+    /// Each org the caller has a role in, with that role (a server administrator: none
+    /// listed, owner of all).
+    pub(crate) fn roles(&self) -> &[(String, Role)] {
+        &self.roles
+    }
+
+    pub(crate) fn role_in(&self, org: &str) -> Option<Role> {
         if self.account.is_admin {
             return Some(Role::Owner);
         }

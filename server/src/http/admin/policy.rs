@@ -14,7 +14,7 @@ use crate::api::{
 use crate::error::Result;
 use crate::http::AppState;
 
-pub(super) async fn org_settings(
+pub(crate) async fn org_settings(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -37,7 +37,7 @@ pub(super) async fn org_settings(
     .await
 }
 
-pub(super) async fn tags(
+pub(crate) async fn tags(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,
@@ -55,7 +55,7 @@ pub(super) async fn tags(
     .await
 }
 
-pub(super) async fn sources(
+pub(crate) async fn sources(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, device)): Path<(String, String)>,
@@ -95,7 +95,7 @@ async fn attach_or_detach(
     .await
 }
 
-pub(super) async fn attach(
+pub(crate) async fn attach(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String, String)>,
@@ -104,7 +104,7 @@ pub(super) async fn attach(
     attach_or_detach(state, caller, path, headers, true).await
 }
 
-pub(super) async fn detach(
+pub(crate) async fn detach(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<(String, String, String)>,
@@ -113,7 +113,7 @@ pub(super) async fn detach(
     attach_or_detach(state, caller, path, headers, false).await
 }
 
-pub(super) async fn list_netlists(
+pub(crate) async fn list_netlists(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -131,7 +131,7 @@ pub(super) async fn list_netlists(
     .await
 }
 
-pub(super) async fn add_netlist(
+pub(crate) async fn add_netlist(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(org): Path<String>,
@@ -149,7 +149,7 @@ pub(super) async fn add_netlist(
     .await
 }
 
-pub(super) async fn rm_netlist(
+pub(crate) async fn rm_netlist(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((org, name)): Path<(String, String)>,

@@ -30,6 +30,35 @@ impl Accounts for Postgres {
             .ok_or_else(|| StoreError::NotFound(format!("account {name:?}")))
     }
 
+    fn account_by_id(&self, id: i64) -> Result<Option<Account>> {
+        let row = self.with(|c| {
+            c.query_opt(
+                "SELECT id, name, is_admin FROM accounts WHERE id = $1",
+                &[&id],
+            )
+        })?;
+        Ok(row.map(|r| Account {
+            id: r.get(0),
+            name: r.get(1),
+            is_admin: r.get(2),
+        }))
+    }
+
+    fn members(&self, org: &str) -> Result<Vec<(String, Role)>> {
+        let org_id = self.org_id_of(org)?;
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT a.name, m.role FROM memberships m JOIN accounts a ON a.id = m.account_id
+                 WHERE m.org_id = $1 ORDER BY a.name",
+                &[&org_id],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Role::parse(r.get::<_, &str>(1)).map(|role| (r.get(0), role)))
+            .collect())
+    }
+
     fn add_token(&self, account_id: i64, hash: &[u8]) -> Result<i64> {
         self.with(|c| {
             c.query_one(

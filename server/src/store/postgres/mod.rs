@@ -11,6 +11,7 @@
 mod accounts;
 mod approvals;
 mod audit;
+mod console;
 mod devices;
 mod erasure;
 mod escrow;
@@ -29,7 +30,10 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 1] = [include_str!("../../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../migrations/postgres/0003_console.sql"),
+];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x6e62_6465_6d69_6772; // "nbdemigr"

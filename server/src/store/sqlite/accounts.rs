@@ -34,6 +34,39 @@ impl Accounts for Sqlite {
         .ok_or_else(|| StoreError::NotFound(format!("account {name:?}")))
     }
 
+    fn account_by_id(&self, id: i64) -> Result<Option<Account>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, name, is_admin FROM accounts WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(Account {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        is_admin: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn members(&self, org: &str) -> Result<Vec<(String, Role)>> {
+        let org_id = self.org_id_of(org)?;
+        let rows: Vec<(String, String)> = self.with(|c| {
+            c.prepare(
+                "SELECT a.name, m.role FROM memberships m JOIN accounts a ON a.id = m.account_id
+                 WHERE m.org_id = ?1 ORDER BY a.name",
+            )?
+            .query_map(params![org_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, role)| Role::parse(&role).map(|r| (name, r)))
+            .collect())
+    }
+
     fn add_token(&self, account_id: i64, hash: &[u8]) -> Result<i64> {
         self.with(|c| {
             c.execute(

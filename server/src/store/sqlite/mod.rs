@@ -4,6 +4,7 @@
 mod accounts;
 mod approvals;
 mod audit;
+mod console;
 mod devices;
 mod erasure;
 mod escrow;
@@ -17,10 +18,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_policy.sql"),
     include_str!("../../../migrations/0003_escrow.sql"),
+    include_str!("../../../migrations/0005_console.sql"),
 ];
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
