@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace
-    luksmeta keyutils sqlite3 postgresql haproxy libssl-dev)
+    luksmeta keyutils sqlite3 postgresql haproxy libssl-dev chromium chromium-driver python3-selenium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -27,6 +27,8 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The console in a real browser (Debian's python3, where python3-selenium is).
+/usr/bin/python3 server/tests/console/browser.py
 
 if [ "${NBDE_SKIP_QEMU:-0}" != 1 ]; then
     . qemu/lib.sh

@@ -103,6 +103,8 @@ pub struct RequestView {
     pub id: i64,
     pub state: RequestState,
     pub expires_at: Option<i64>,
+    /// Who approved or denied it, for the history's reason.
+    pub decided_by: Option<String>,
 }
 
 /// Everything the policy looks at, read in one go.
@@ -223,7 +225,8 @@ pub fn decide(snapshot: &Snapshot, peer: IpAddr) -> Decision {
                 if r.state == RequestState::Approved
                     && r.expires_at.is_some_and(|t| t > snapshot.now) =>
             {
-                steps.push(format!("request #{} approved", r.id));
+                let by = r.decided_by.as_deref().unwrap_or("?");
+                steps.push(format!("request #{} approved by {by}", r.id));
                 return allow(Effect::UseApproval(r.id), steps);
             }
             Some(r) if r.state == RequestState::Pending => {
@@ -268,6 +271,7 @@ mod tests {
             id: 7,
             state: RequestState::parse(state).unwrap(),
             expires_at,
+            decided_by: Some("alice".into()),
         })
     }
 

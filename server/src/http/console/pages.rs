@@ -41,6 +41,7 @@ pub async fn devices(
     Query(q): Query<ListQuery>,
 ) -> PageResult {
     let orgs = admin_devices::list_orgs(State(state.clone()), signed.caller.clone()).await?;
+    let org_names: Vec<String> = orgs.0.orgs.iter().map(|o| o.name.clone()).collect();
     let mut all: Vec<Device> = Vec::new();
     for org in orgs.0.orgs {
         let list = admin_devices::list(
@@ -71,6 +72,14 @@ pub async fn devices(
     })
     .await?;
     let body = html! {
+        p.orgs {
+            @for org in &org_names {
+                strong { (org) } ": "
+                a href={ "/console/orgs/" (org) "/netlists" } { "network lists" } " · "
+                a href={ "/console/orgs/" (org) "/groups" } { "approval groups" } " · "
+                a href={ "/console/orgs/" (org) "/accounts" } { "accounts" } br;
+            }
+        }
         @if all.is_empty() {
             p { "No devices yet. Add one with " code { "nbde-server device add" } "." }
         } @else {

@@ -123,7 +123,7 @@ impl Rec for Postgres {
                 .query_one(&format!("SELECT EXISTS ({MATCHING_GROUPS})"), &[&device_id])?
                 .get(0);
             let latest = tx.query_opt(
-                "SELECT id, state, expires_at FROM unlock_requests WHERE device_id = $1
+                "SELECT id, state, expires_at, decided_by FROM unlock_requests WHERE device_id = $1
                  ORDER BY id DESC LIMIT 1",
                 &[&device_id],
             )?;
@@ -139,6 +139,7 @@ impl Rec for Postgres {
                     id: r.get(0),
                     state: parse_column(r.get(1), RequestState::parse)?,
                     expires_at: r.get(2),
+                    decided_by: r.get(3),
                 })
             })
             .transpose()?;

@@ -82,7 +82,7 @@ impl Rec for Sqlite {
                 .query_row(params![device_id], |r| r.get(0))?;
             let latest_request = tx
                 .prepare_cached(
-                    "SELECT id, state, expires_at FROM unlock_requests WHERE device_id = ?1
+                    "SELECT id, state, expires_at, decided_by FROM unlock_requests WHERE device_id = ?1
                      ORDER BY id DESC LIMIT 1",
                 )?
                 .query_row(params![device_id], |r| {
@@ -90,6 +90,7 @@ impl Rec for Sqlite {
                         id: r.get(0)?,
                         state: parse_column(r.get(1)?, RequestState::parse)?,
                         expires_at: r.get(2)?,
+                        decided_by: r.get(3)?,
                     })
                 })
                 .optional()?;
