@@ -21,6 +21,10 @@ pub enum ApiError {
         kind: &'static str,
         retry_after: Option<u64>,
     },
+    /// Too many attempts from one source: try again after `retry_after` seconds.
+    TooManyRequests {
+        retry_after: u64,
+    },
     /// The store cannot be reached or cannot confirm a write: the server takes no part and
     /// tells the client when to try again (a replica or the database may be back by then).
     Unavailable(String),
@@ -41,6 +45,9 @@ impl std::fmt::Display for ApiError {
             ApiError::NotFound(m) => write!(f, "not found: {m}"),
             ApiError::Conflict(m) => write!(f, "conflict: {m}"),
             ApiError::Refused { kind, .. } => write!(f, "refused: {kind}"),
+            ApiError::TooManyRequests { retry_after } => {
+                write!(f, "too many requests: retry after {retry_after} s")
+            }
             ApiError::Unavailable(m) => write!(f, "unavailable: {m}"),
             ApiError::Internal(m) => write!(f, "internal: {m}"),
         }
@@ -82,6 +89,14 @@ impl IntoResponse for ApiError {
                         .headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
                 }
+                response
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                let mut response =
+                    problem(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", None);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 response
             }
             ApiError::Unavailable(m) => {

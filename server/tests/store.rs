@@ -543,3 +543,66 @@ fn mode_reports_are_recorded_and_sovereign_retires() {
         store.erase_destroyed().unwrap();
     }
 }
+
+#[test]
+fn console_sessions_and_passkeys() {
+    for (name, store, _keep) in backends() {
+        let alice = store.add_account("alice", false).unwrap();
+        let (anonymous, signed) = ([1u8; 32], [2u8; 32]);
+        store.session_add(&anonymous, None, "token-1").unwrap();
+        store.session_add(&signed, Some(alice), "token-2").unwrap();
+        let a = store.session(&anonymous).unwrap().unwrap();
+        assert!(a.account.is_none(), "{name}");
+        assert_eq!(a.csrf, "token-1", "{name}");
+        let s = store.session(&signed).unwrap().unwrap();
+        assert_eq!(s.account.unwrap().name, "alice", "{name}");
+        assert!(store.session(&[3u8; 32]).unwrap().is_none(), "{name}");
+
+        // A ceremony is taken once: a replayed finish finds nothing.
+        assert_eq!(store.session_ceremony(&anonymous, Some("c")).unwrap(), None);
+        assert_eq!(
+            store.session_ceremony(&anonymous, None).unwrap().as_deref(),
+            Some("c"),
+            "{name}"
+        );
+        assert_eq!(
+            store.session_ceremony(&anonymous, None).unwrap(),
+            None,
+            "{name}"
+        );
+
+        store.session_rm(&anonymous).unwrap();
+        assert!(store.session(&anonymous).unwrap().is_none(), "{name}");
+        let t = nbde_server::store::now();
+        assert_eq!(
+            store.sessions_expire(t - 3600, t - 3600).unwrap(),
+            0,
+            "{name}"
+        );
+        assert_eq!(
+            store.sessions_expire(t + 10, t - 3600).unwrap(),
+            1,
+            "{name}"
+        );
+        assert!(store.session(&signed).unwrap().is_none(), "{name}");
+
+        let first = store.passkey_add(alice, "laptop", r#"{"v":1}"#).unwrap();
+        store.passkey_add(alice, "phone", r#"{"v":2}"#).unwrap();
+        store.passkey_used(first, r#"{"v":3}"#).unwrap();
+        let keys = store.passkeys(alice).unwrap();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["laptop", "phone"], "{name}");
+        assert_eq!(keys[0].credential, r#"{"v":3}"#, "{name}");
+        assert!(keys[0].last_used_at.is_some() && keys[1].last_used_at.is_none());
+        assert!(is_not_found(store.passkey_used(999, "{}")), "{name}");
+        assert_eq!(store.account_by_id(alice).unwrap().unwrap().name, "alice");
+        assert!(store.account_by_id(999).unwrap().is_none(), "{name}");
+        seeded(&store);
+        store.add_member(alice, "acme", Role::Approver).unwrap();
+        assert_eq!(
+            store.members("acme").unwrap(),
+            [("alice".to_owned(), Role::Approver)],
+            "{name}"
+        );
+    }
+}

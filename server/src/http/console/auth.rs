@@ -43,6 +43,9 @@ impl PasskeyConfig {
     }
 }
 
+/// Seconds between attempts once the burst is spent.
+const RETRY_SECONDS: u64 = 6;
+
 /// Sign-in attempts per client address: a burst of 5, then one every 6 seconds.
 pub struct SignInLimiter(DefaultKeyedRateLimiter<IpAddr>);
 
@@ -55,9 +58,8 @@ impl SignInLimiter {
 
     fn check(&self, client: IpAddr) -> Result<(), PageError> {
         self.0.check_key(&client).map_err(|_| {
-            PageError(ApiError::Refused {
-                kind: "too-many-attempts",
-                retry_after: Some(6),
+            PageError(ApiError::TooManyRequests {
+                retry_after: RETRY_SECONDS,
             })
         })
     }

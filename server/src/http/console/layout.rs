@@ -81,6 +81,9 @@ pub fn error_page(status: StatusCode, error: &ApiError) -> Markup {
         ApiError::Conflict(m) => m.clone(),
         ApiError::Unauthorized => "Sign in first.".into(),
         ApiError::Refused { kind, .. } => format!("Refused: {kind}. Wait and try again."),
+        ApiError::TooManyRequests { retry_after } => {
+            format!("Too many attempts: wait {retry_after} seconds and try again.")
+        }
         _ => "The server cannot do that now; try again shortly.".into(),
     };
     html! {

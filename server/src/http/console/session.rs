@@ -65,6 +65,11 @@ pub fn set_cookie(headers: &HeaderMap, value: Option<&str>) -> HeaderValue {
 
 /// A new session row; returns the cookie value (shown to the browser only).
 pub fn create(state: &AppState, account: Option<i64>) -> Result<String> {
+    // Rows of sessions nobody will present again go when new ones come.
+    let t = now();
+    state
+        .store
+        .sessions_expire(t - IDLE_SECONDS, t - ABSOLUTE_SECONDS)?;
     let value = new_token()?;
     let csrf = new_token()?;
     state
