@@ -78,10 +78,10 @@ class Server:
         self.port = port or free_port()
         self.proc = None
 
-    def start(self):
+    def start(self, *extra):
         self.proc = subprocess.Popen(
             [SERVER, "serve", "--data", self.data, "--listen", f"127.0.0.1:{self.port}",
-             "--public-url", boot.guest_url(0)],
+             "--public-url", boot.guest_url(0), *extra],
             stderr=subprocess.PIPE, text=True, env=dict(self.env, NBDE_LOG="warn"))
         line = self.proc.stderr.readline()
         assert "listening on" in line, line
@@ -436,11 +436,39 @@ def managed_user(gen, kdir, work):
     finally:
         server.stop()
 
+def approval_browser(gen, kdir, work):
+    server = Server(work)
+    origin = f"http://localhost:{server.port}"
+    server.start("--console-origin", origin)
+    try:
+        image = os.path.join(work, "approval-browser.img")
+        bind(image, ("tang", device_config(server, work, "gated")), work, "approval-browser")
+        server.admin("device", "tag", "ci/gated", "tier=db")
+        server.admin("group", "add", "ci", "dbas", "--tag", "tier=db")
+
+        def approve_in_browser(_boot):
+            # Debian's python3: python3-selenium lives there, whatever runs this script.
+            subprocess.run(["/usr/bin/python3", os.path.join(REPO, "server/tests/console/approve.py"),
+                            "--origin", origin, "--token", server.env["NBDE_TOKEN"],
+                            "--device", "ci/gated"], check=True, stdout=subprocess.DEVNULL)
+
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-approval-browser",
+                     [("waiting", ""), ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"waiting": ("waiting for approval at", approve_in_browser)})
+        rows = server.history("ci/gated")
+        assert rows[0]["decision"] == "allowed" and "approved by" in rows[0]["reason"], rows
+        return (f"pending at {t['waiting']:.1f} s, approved by a click in chromium, root at "
+                f"{t['root']:.1f} s ({rows[0]['reason']})")
+    finally:
+        server.stop()
+
+
 SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
     "refused-typed": refused_typed,
     "approval": approval,
+    "approval-browser": approval_browser,
     "stock-tangd": stock_tangd,
     "sss-one-dead": sss_one_dead,
     "luks1-stock-clevis": luks1_stock_clevis,
@@ -450,6 +478,7 @@ SCENARIOS = {
 
 # Scenarios that prove a mode need one hand-built and one real generator, not every one.
 ONLY_ON = {
+    "approval-browser": {"minimal"},
     "sovereign": {"minimal", "dracut"},
     "managed-user": {"minimal", "dracut"},
 }
