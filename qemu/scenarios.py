@@ -449,8 +449,8 @@ def approval_browser(gen, kdir, work):
         def approve_in_browser(_boot):
             # Debian's python3: python3-selenium lives there, whatever runs this script.
             subprocess.run(["/usr/bin/python3", os.path.join(REPO, "server/tests/console/approve.py"),
-                            "--origin", origin, "--token", server.env["NBDE_TOKEN"],
-                            "--device", "ci/gated"], check=True, stdout=subprocess.DEVNULL)
+                            "--origin", origin, "--device", "ci/gated"],
+                           check=True, stdout=subprocess.DEVNULL, env=server.env)
 
         t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-approval-browser",
                      [("waiting", ""), ("root", "NBDE-ROOT-MOUNTED")],

@@ -27,6 +27,23 @@ fn tls_config(
         .map_err(|e| format!("TLS certificate and key: {e}"))
 }
 
+/// The console's origin for passkeys: the one configured (AppState refuses it if it is not
+/// one), else the public URL when it can be one (an IP address cannot be a passkey's RP
+/// ID: then the console signs in by token only, and says so in the log).
+fn console_origin(config: &Config) -> Option<String> {
+    if let Some(origin) = &config.console_origin {
+        return Some(origin.clone());
+    }
+    let public = config.public_url.as_ref()?;
+    match crate::http::console::PasskeyConfig::new(public) {
+        Ok(_) => Some(public.clone()),
+        Err(e) => {
+            tracing::info!(error = %e, "console passkeys off: set --console-origin to a host name");
+            None
+        }
+    }
+}
+
 pub fn run(config: Config) -> Result<(), String> {
     config.check_transport()?;
     let location = config.location()?;
@@ -47,10 +64,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 trusted_proxies: config.trusted_proxies.clone(),
                 public_url: config.public_url.clone(),
                 tls: config.tls_cert.is_some(),
-                console_origin: config
-                    .console_origin
-                    .clone()
-                    .or_else(|| config.public_url.clone()),
+                console_origin: console_origin(&config),
             },
         )
         .map_err(|e| e.to_string())?,

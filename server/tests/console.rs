@@ -284,3 +284,14 @@ async fn sessions_end_when_idle_when_old_and_at_sign_out() {
     let r = send(&c.router, get("/console/devices", &cookie)).await;
     assert_eq!(r.headers[header::LOCATION], "/console/signin");
 }
+
+#[test]
+fn passkeys_need_an_origin_with_a_host_name() {
+    use nbde_server::http::console::PasskeyConfig;
+    assert!(PasskeyConfig::new("https://nbde.example").is_ok());
+    assert!(PasskeyConfig::new("http://localhost:7500").is_ok());
+    for origin in ["http://10.0.2.100:8080", "http://[::1]:7500", "not a url"] {
+        let e = PasskeyConfig::new(origin).err().expect(origin);
+        assert!(e.contains("console origin"), "{e}");
+    }
+}

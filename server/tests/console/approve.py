@@ -3,8 +3,10 @@
 chromium (headless, WebDriver) signs in with a token, waits on the approvals page for the
 device's request to appear (pushed live), clicks Approve, and checks the request page.
 
-  /usr/bin/python3 server/tests/console/approve.py --origin http://localhost:PORT \\
-      --token TOKEN --device ORG/NAME
+  NBDE_TOKEN=… /usr/bin/python3 server/tests/console/approve.py \\
+      --origin http://localhost:PORT --device ORG/NAME
+
+The token comes from the environment, never the command line (which logs show).
 
 Used by the QEMU scenario `approval-browser` while the guest waits at boot. Exit 0 once the
 request page says approved.
@@ -16,14 +18,13 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from browser import chromium, wait  # noqa: E402  (the same driver set-up as the test)
+from browser import chromium, click_approve, wait  # noqa: E402  (the test's own helpers)
 from selenium.webdriver.common.by import By  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--origin", required=True)
-    ap.add_argument("--token", required=True)
     ap.add_argument("--device", required=True, help="ORG/NAME")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="nbde-approve-")
@@ -31,15 +32,12 @@ def main():
     try:
         driver.get(args.origin + "/console/signin")
         driver.find_element(By.CSS_SELECTOR, "details summary").click()
-        driver.find_element(By.NAME, "token").send_keys(args.token)
+        driver.find_element(By.NAME, "token").send_keys(os.environ["NBDE_TOKEN"])
         driver.find_element(By.CSS_SELECTOR, "details form button").click()
         wait(driver, "signed in", lambda d: d.current_url.endswith("/console/devices"))
         driver.get(args.origin + "/console/requests")
-        buttons = wait(driver, f"a pending request of {args.device}", lambda d: [
-            b for row in d.find_elements(By.CSS_SELECTOR, "tbody#requests tr")
-            if args.device in row.text
-            for b in row.find_elements(By.CSS_SELECTOR, "button.approve")] or None, seconds=120)
-        buttons[0].click()
+        wait(driver, f"a pending request of {args.device}, clicked",
+             lambda d: click_approve(d, args.device), seconds=120)
         wait(driver, "the request page", lambda d: "/console/requests/" in d.current_url)
         text = driver.find_element(By.TAG_NAME, "main").text
         if "approved" not in text:

@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -169,6 +169,20 @@ def decrypt_until_allowed(jwe_path, out):
         time.sleep(1)
 
 
+def click_approve(driver, device):
+    """Clicks the device's Approve button once it is there (a live update may replace the
+    rows between finding and clicking: then the next look finds the new one)."""
+    try:
+        for row in driver.find_elements(By.CSS_SELECTOR, "tbody#requests tr"):
+            if device in row.text:
+                for button in row.find_elements(By.CSS_SELECTOR, "button.approve"):
+                    button.click()
+                    return True
+    except StaleElementReferenceException:
+        pass
+    return False
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--screenshots", help="save each page at desktop and phone width here")
@@ -257,9 +271,7 @@ def main():
         check("plaintext" not in result, "stock clevis is still waiting before the approval")
         screens.shoot(driver, "approvals")
         driver.execute_script("window.nbdeNoReload = 1")
-        row = wait(driver, "the approve button",
-                   lambda d: d.find_elements(By.CSS_SELECTOR, "tbody#requests button.approve") or None)
-        row[0].click()
+        wait(driver, "the approve button, clicked", lambda d: click_approve(d, "acme/db1"))
         wait(driver, "the request page after approving", lambda d: "/console/requests/" in d.current_url)
         check("approved" in driver.find_element(By.TAG_NAME, "main").text
               and "alice" in driver.find_element(By.TAG_NAME, "main").text,

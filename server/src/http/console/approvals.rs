@@ -87,13 +87,29 @@ fn rows(signed: &Signed, requests: &[Request]) -> Markup {
     }
 }
 
+/// A short name for a rendering of the rows: the page tells its stream what it shows, so
+/// the stream sends only what differs (replacing identical rows would only make a button
+/// under someone's finger go stale).
+fn digest(fragment: &str) -> String {
+    use sha2::{Digest, Sha256};
+    nbde_proto::b64::encode(&Sha256::digest(fragment.as_bytes())[..12])
+}
+
 fn table(signed: &Signed, requests: &[Request], live: bool) -> Markup {
+    let body = rows(signed, requests);
+    let stream = live.then(|| format!("/console/requests/events?seen={}", digest(&body.0)));
     html! {
         table.requests {
             thead { tr { th { "Request" } th { "Device" } th { "Source" } th { "Asked" } th { "State" } } }
-            tbody #requests data-live=[live.then_some("/console/requests/events")] { (rows(signed, requests)) }
+            tbody #requests data-live=[stream] { (body) }
         }
     }
+}
+
+#[derive(Default, Deserialize)]
+pub struct EventsQuery {
+    /// The digest of the rows the page already shows.
+    seen: Option<String>,
 }
 
 pub async fn requests(
@@ -125,8 +141,9 @@ pub async fn requests(
 pub async fn events(
     State(state): State<Arc<AppState>>,
     signed: Signed,
+    Query(q): Query<EventsQuery>,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>> {
-    let mut last: Option<String> = None;
+    let mut last: Option<String> = q.seen;
     let ticks = IntervalStream::new(tokio::time::interval(LIVE_EVERY));
     let stream = ticks
         .then(move |_| {
@@ -144,10 +161,11 @@ pub async fn events(
         })
         .filter_map(move |fragment| {
             let fragment = fragment?;
-            if last.as_deref() == Some(fragment.as_str()) {
+            let seen = digest(&fragment);
+            if last.as_deref() == Some(seen.as_str()) {
                 return None;
             }
-            last = Some(fragment.clone());
+            last = Some(seen);
             Some(Ok(Event::default().event("requests").data(fragment)))
         });
     Sse::new(stream).keep_alive(KeepAlive::default())

@@ -36,6 +36,11 @@ impl PasskeyConfig {
             .host_str()
             .ok_or_else(|| format!("console origin {origin:?} has no host"))?
             .to_owned();
+        if rp_id.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+            return Err(format!(
+                "console origin {origin:?}: passkeys need a host name, not an address"
+            ));
+        }
         let webauthn = WebauthnBuilder::new(&rp_id, &url)
             .and_then(|b| b.rp_name("nbde").build())
             .map_err(|e| format!("console origin {origin:?}: {e}"))?;
