@@ -77,9 +77,9 @@ fn rows(signed: &Signed, requests: &[Request]) -> Markup {
             tr {
                 td { a href={ "/console/requests/" (r.id) } { "#" (r.id) } }
                 td { a href={ "/console/orgs/" (r.org) "/devices/" (r.device) } { (r.org) "/" (r.device) } }
-                td { (r.peer) }
-                td { (when(r.created_at)) }
-                td { span class={ "badge " (r.state.as_str()) } { (r.state.as_str()) }
+                td data-label="Source" { (r.peer) }
+                td data-label="Asked" { (when(r.created_at)) }
+                td data-label="State" { span class={ "badge " (r.state.as_str()) } { (r.state.as_str()) }
                      @if let Some(by) = &r.decided_by { " by " (by) }
                      " " (decide_forms(signed, r)) }
             }

@@ -89,10 +89,10 @@ pub async fn devices(
                     @for (d, last) in shown.iter().zip(&last) {
                         tr {
                             td { a href={ "/console/orgs/" (d.org) "/devices/" (d.name) } { (d.org) "/" (d.name) } }
-                            td { (state_badge(d.state)) }
-                            td { (d.mode.as_ref().map(|m| m.mode.as_str()).unwrap_or("—")) }
-                            td { @for (k, v) in &d.tags { span.tag { (k) "=" (v) } " " } }
-                            td {
+                            td data-label="State" { (state_badge(d.state)) }
+                            td data-label="Mode" { (d.mode.as_ref().map(|m| m.mode.as_str()).unwrap_or("—")) }
+                            td data-label="Tags" { @for (k, v) in &d.tags { span.tag { (k) "=" (v) } " " } }
+                            td data-label="Last decision" {
                                 @match last {
                                     Some(h) => { span class={ "decision " (h.decision) } { (h.decision) } " " small { (when(h.at)) } }
                                     None => { "never asked" }
@@ -115,10 +115,10 @@ fn history_table(rows: &[HistoryEntry]) -> Markup {
             tbody {
                 @for h in rows {
                     tr {
-                        td { (when(h.at)) }
-                        td { (h.peer) }
-                        td { span class={ "decision " (h.decision) } { (h.decision) } }
-                        td { (h.reason) }
+                        td data-label="When" { (when(h.at)) }
+                        td data-label="Source" { (h.peer) }
+                        td data-label="Decision" { span class={ "decision " (h.decision) } { (h.decision) } }
+                        td data-label="Why" { (h.reason) }
                     }
                 }
             }
