@@ -193,6 +193,11 @@ impl Postgres {
 
     /// Runs `sql` as the superuser over the unix socket; its output (unaligned, tuples only).
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// `psql`, in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = self.ok(self.as_server_user("psql").args([
             "-h",
             self.dir.path().to_str().unwrap(),
@@ -201,7 +206,7 @@ impl Postgres {
             "-U",
             SUPERUSER,
             "-d",
-            "postgres",
+            db,
             "-X",
             "-A",
             "-t",
@@ -211,6 +216,34 @@ impl Postgres {
             sql,
         ]));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Serves TLS with `cert_pem` and `key_pem` and refuses every TCP connection without
+    /// it (pg_hba: `hostssl` only); restarts the server.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.data_dir().join(name);
+            std::fs::write(&path, pem).unwrap();
+            chown(&path, Some(self.uid), Some(self.gid)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let conf = self.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules: String = std::fs::read_to_string(&hba)
+            .unwrap()
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, rules).unwrap();
+        self.stop();
+        self.start_again();
     }
 
     /// Stops the server (fast: sessions are ended, as when a database is restarted).

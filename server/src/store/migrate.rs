@@ -64,8 +64,7 @@ pub fn sqlite_to_postgres(data_dir: &Path, url: &str) -> Result<Moved, String> {
     )
     .map_err(|e| fail("sqlite", &e))?;
     check_tables_known(&source)?;
-    let mut target =
-        postgres::Client::connect(url, postgres::NoTls).map_err(|e| fail(&redact(url), &e))?;
+    let mut target = super::postgres::connect_once(url).map_err(|e| fail(&redact(url), &e))?;
     let mut tx = target.transaction().map_err(|e| fail("postgres", &e))?;
     for table in TABLES {
         let occupied: bool = tx

@@ -275,6 +275,6 @@ impl Devices for Postgres {
     }
 
     fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) -> Result<()> {
-        watch::start(self.config.clone(), self.closed.clone(), on_change)
+        watch::start(self.connect.clone(), self.closed.clone(), on_change)
     }
 }

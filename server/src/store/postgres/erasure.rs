@@ -31,7 +31,7 @@
 
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
 
 use super::{Postgres, unavailable};
 use crate::store::{Result, StoreError};
@@ -70,7 +70,7 @@ pub(super) fn erase_pending(store: &Postgres) -> Result<()> {
         return Ok(());
     };
     // Its own connection: the session settings below stay out of the pool.
-    let mut c = store.config.connect(NoTls).map_err(unavailable)?;
+    let mut c = store.connect.connect().map_err(unavailable)?;
     c.batch_execute("SET lock_timeout = '5s'")
         .map_err(unavailable)?;
     check_settings(&mut c)?;

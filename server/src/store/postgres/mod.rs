@@ -5,8 +5,7 @@
 //! Pooling is r2d2 with r2d2_postgres: small, synchronous like the `postgres` crate, and it
 //! already does what recovery needs (a connection found closed on return is dropped, one
 //! is tested before it is handed out, and a checkout waits at most `CHECKOUT_TIMEOUT`).
-//! The connection is plain TCP (`NoTls`): run the database on loopback or a private
-//! network until TLS is wired in.
+//! TLS when the URL asks for it (`sslmode=require`, verified; see `tls`).
 
 mod accounts;
 mod approvals;
@@ -17,15 +16,15 @@ mod erasure;
 mod escrow;
 mod rec;
 mod sources;
+mod tls;
 mod watch;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use postgres::Client;
 use postgres::error::SqlState;
-use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
@@ -45,7 +44,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A peer that vanished without closing (no RST) is given up after this long.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Manager = PostgresConnectionManager<tokio_postgres_rustls::MakeRustlsConnect>;
+type Pool = r2d2::Pool<Manager>;
 
 /// `url` with its password (URL userinfo or `password=` key) replaced, for messages.
 pub fn redact(url: &str) -> String {
@@ -80,16 +80,16 @@ fn redact_pairs(text: &str, separator: char) -> String {
 }
 
 /// The connection settings every connection of this backend gets.
-fn config(url: &str) -> Result<postgres::Config> {
-    let mut config = postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Unavailable(format!("database URL {}: {e}", redact(url))))?;
-    config
+fn connect_settings(url: &str) -> Result<tls::Connect> {
+    let mut connect = tls::connect(url)?;
+    connect
+        .config
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_user_timeout(TCP_USER_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         .application_name("nbde-server");
-    Ok(config)
+    Ok(connect)
 }
 
 fn migrate(client: &mut Client) -> std::result::Result<(), postgres::Error> {
@@ -115,6 +115,16 @@ fn migrate(client: &mut Client) -> std::result::Result<(), postgres::Error> {
     tx.commit()
 }
 
+/// A connection error with its cause (TLS and I/O errors keep theirs in `source`).
+fn describe_connect(e: &postgres::Error) -> String {
+    use std::error::Error;
+    match (e.as_db_error(), e.source()) {
+        (Some(_), _) => describe(e),
+        (None, Some(cause)) => format!("postgres: {e}: {cause}"),
+        (None, None) => format!("postgres: {e}"),
+    }
+}
+
 fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
@@ -138,7 +148,7 @@ fn conflict_or(e: postgres::Error, message: impl FnOnce() -> String) -> StoreErr
 
 pub struct Postgres {
     pool: Pool,
-    config: postgres::Config,
+    connect: tls::Connect,
     /// Set on drop: the change listener's thread ends at its next wake-up.
     closed: Arc<AtomicBool>,
 }
@@ -149,11 +159,26 @@ impl Drop for Postgres {
     }
 }
 
+/// One connection to `url`, made as the backend makes its own (timeouts, TLS).
+pub fn connect_once(url: &str) -> Result<Client> {
+    connect_settings(url)?.connect().map_err(unavailable)
+}
+
 impl Postgres {
     /// Connects to the database at `url`, migrated to the newest schema.
     pub fn open(url: &str) -> Result<Postgres> {
-        let config = config(url)?;
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let connect = connect_settings(url)?;
+        // One connection first, for its own error: the pool only says it timed out, where
+        // an operator needs "no pg_hba.conf entry", "password authentication failed" or
+        // "invalid peer certificate".
+        drop(connect.connect().map_err(|e| {
+            StoreError::Unavailable(format!(
+                "database {}: {}",
+                redact(url),
+                describe_connect(&e)
+            ))
+        })?);
+        let manager = PostgresConnectionManager::new(connect.config.clone(), connect.tls.clone());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             // Connections are made as calls need them, so opening does not fill the pool.
@@ -166,7 +191,7 @@ impl Postgres {
             .map_err(|e| StoreError::Unavailable(format!("database {}: {e}", redact(url))))?;
         let store = Postgres {
             pool,
-            config,
+            connect,
             closed: Arc::new(AtomicBool::new(false)),
         };
         store.with(migrate)?;
@@ -175,7 +200,7 @@ impl Postgres {
         Ok(store)
     }
 
-    fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn client(&self) -> Result<r2d2::PooledConnection<Manager>> {
         self.pool
             .get()
             .map_err(|e| StoreError::Unavailable(format!("postgres: no connection: {e}")))

@@ -6,7 +6,7 @@
 //! uses an allowance or an approval; a partial unique index keeps one pending request per
 //! device. `synchronous_commit` is left on: a row is durable before the answer leaves.
 
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, GenericClient};
 
 use super::approvals::MATCHING_GROUPS;
 use super::{Postgres, parse_column, texts, unavailable};
@@ -46,7 +46,7 @@ fn insert_history(
 /// The history writer's connection: a batch of rows in one transaction, one fsync. A lost
 /// connection fails that batch; the next batch connects again.
 struct PostgresHistory {
-    config: postgres::Config,
+    connect: super::tls::Connect,
     client: Option<Client>,
 }
 
@@ -54,7 +54,7 @@ impl PostgresHistory {
     fn write_batch(&mut self, batch: &[&Entry]) -> std::result::Result<(), postgres::Error> {
         let client = match &mut self.client {
             Some(c) if !c.is_closed() => c,
-            _ => self.client.insert(self.config.connect(NoTls)?),
+            _ => self.client.insert(self.connect.connect()?),
         };
         let mut tx = client.transaction()?;
         let at = now();
@@ -222,9 +222,9 @@ impl Rec for Postgres {
     }
 
     fn history_sink(&self) -> Result<Box<dyn HistorySink>> {
-        let client = self.config.connect(NoTls).map_err(unavailable)?;
+        let client = self.connect.connect().map_err(unavailable)?;
         Ok(Box::new(PostgresHistory {
-            config: self.config.clone(),
+            connect: self.connect.clone(),
             client: Some(client),
         }))
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
 
 use super::describe;
 use crate::store::{Result, StoreError};
@@ -24,7 +24,7 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
 pub(super) fn start(
-    config: postgres::Config,
+    connect: super::tls::Connect,
     closed: Arc<AtomicBool>,
     on_change: Box<dyn Fn() + Send + Sync>,
 ) -> Result<()> {
@@ -33,7 +33,7 @@ pub(super) fn start(
         .spawn(move || {
             let mut pause = FIRST_PAUSE;
             while !closed.load(Ordering::Relaxed) {
-                match config.connect(NoTls) {
+                match connect.connect() {
                     Ok(mut client) => {
                         pause = FIRST_PAUSE;
                         if let Err(e) = listen(&mut client, &closed, &*on_change) {
