@@ -389,3 +389,15 @@ pub struct AuditEntry {
 pub struct AuditList {
     pub audit: Vec<AuditEntry>,
 }
+
+/// `at` (Unix seconds) as RFC 3339 UTC, for people reading history and audit lines (the
+/// CLI's and the console's).
+pub fn utc(at: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| at.to_string())
+}

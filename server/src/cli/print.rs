@@ -2,7 +2,7 @@
 //! (tab-separated where scripts may cut them).
 
 use nbde_server::api::{
-    AuditList, Device, EscrowInfo, EscrowKey, GroupList, HistoryList, NetlistList, RequestList,
+    AuditList, Device, EscrowInfo, EscrowKey, GroupList, HistoryList, NetlistList, RequestList, utc,
 };
 use serde::Serialize;
 
@@ -28,17 +28,6 @@ pub fn output<T: Serialize>(value: &T, json: bool, describe: impl Fn(&T) -> Stri
 /// A JSON number as `serde_json` prints it, `null` when absent.
 pub fn number(n: Option<i64>) -> String {
     n.map_or_else(|| "null".into(), |n| n.to_string())
-}
-
-/// `at` (Unix seconds) as RFC 3339 UTC, for people reading history and audit lines.
-pub fn utc(at: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_string())
 }
 
 pub fn device_line(d: &Device) -> String {

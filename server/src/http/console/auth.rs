@@ -194,8 +194,7 @@ pub async fn passkey_signin_start(
         .console
         .sign_in
         .check(client(&state, peer, &headers))?;
-    let config_state = state.clone();
-    let config = passkey_config(&config_state)?;
+    let config = passkey_config(&state)?;
     let stored = blocking(&state, move |s| {
         let id = s.store.account_id(&body.account)?;
         Ok((id, s.store.passkeys(id)?))
@@ -262,8 +261,7 @@ pub async fn passkey_signin_finish(
         .console
         .sign_in
         .check(client(&state, peer, &headers))?;
-    let config_state = state.clone();
-    let config = passkey_config(&config_state)?;
+    let config = passkey_config(&state)?;
     let (anonymous, ceremony) = take_ceremony(&state, &headers).await?;
     let Ceremony::SignIn {
         account,
@@ -339,8 +337,7 @@ pub async fn passkey_add_start(
             "name the passkey (1-64 characters)".into(),
         )));
     }
-    let config_state = state.clone();
-    let config = passkey_config(&config_state)?;
+    let config = passkey_config(&state)?;
     let account = signed.caller.account.clone();
     let existing = blocking(&state, move |s| Ok(s.store.passkeys(account.id)?)).await?;
     let exclude = existing
@@ -373,8 +370,7 @@ pub async fn passkey_add_finish(
     Json(credential): Json<RegisterPublicKeyCredential>,
 ) -> PageResult {
     csrf_header(&signed, &headers)?;
-    let config_state = state.clone();
-    let config = passkey_config(&config_state)?;
+    let config = passkey_config(&state)?;
     let (_, ceremony) = take_ceremony(&state, &headers).await?;
     let Ceremony::Enrol {
         account,

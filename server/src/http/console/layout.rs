@@ -13,16 +13,7 @@ use crate::store::StoredPasskey;
 /// Rows per page of every list.
 pub const PAGE_SIZE: usize = 25;
 
-/// `at` (Unix seconds) as UTC, to the second.
-pub fn when(at: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_string())
-}
+pub use crate::api::utc as when;
 
 /// The hidden field every form carries.
 pub fn token(signed: &Signed) -> Markup {

@@ -6,6 +6,15 @@ use super::{Sqlite, conflict_or, parse_column};
 use crate::api::Role;
 use crate::store::{Account, Accounts, Result, StoreError, now};
 
+/// An account from a row of (id, name, is_admin).
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        is_admin: r.get(2)?,
+    })
+}
+
 impl Accounts for Sqlite {
     fn account_count(&self) -> Result<i64> {
         self.with(|c| c.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0)))
@@ -39,13 +48,7 @@ impl Accounts for Sqlite {
             c.query_row(
                 "SELECT id, name, is_admin FROM accounts WHERE id = ?1",
                 params![id],
-                |r| {
-                    Ok(Account {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        is_admin: r.get(2)?,
-                    })
-                },
+                account_row,
             )
             .optional()
         })
@@ -83,13 +86,7 @@ impl Accounts for Sqlite {
                 "SELECT a.id, a.name, a.is_admin FROM tokens t JOIN accounts a ON a.id = t.account_id
                  WHERE t.hash = ?1 AND t.revoked_at IS NULL",
                 params![hash],
-                |r| {
-                    Ok(Account {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        is_admin: r.get(2)?,
-                    })
-                },
+                account_row,
             )
             .optional()
         })
