@@ -401,3 +401,32 @@ pub fn utc(at: i64) -> String {
         })
         .unwrap_or_else(|| at.to_string())
 }
+
+// ---- webhooks ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewWebhook {
+    /// Where to POST: an http or https URL.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebhookCreated {
+    pub id: i64,
+    pub url: String,
+    /// Signs every notification (see `webhooks`); shown this once.
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebhookView {
+    pub id: i64,
+    pub url: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}

@@ -226,6 +226,21 @@ impl Client {
         self.post(&format!("/orgs/{org}/netlists"), Some(list))
     }
 
+    pub fn add_webhook(&self, org: &str, url: &str) -> Result<WebhookCreated, String> {
+        let body = NewWebhook {
+            url: url.to_owned(),
+        };
+        self.post(&format!("/orgs/{org}/webhooks"), Some(&body))
+    }
+
+    pub fn webhooks(&self, org: &str) -> Result<WebhookList, String> {
+        self.get(&format!("/orgs/{org}/webhooks"))
+    }
+
+    pub fn rm_webhook(&self, org: &str, id: i64) -> Result<Removed, String> {
+        self.post_empty(&format!("/orgs/{org}/webhooks/{id}/rm"))
+    }
+
     pub fn rm_netlist(&self, org: &str, name: &str) -> Result<Removed, String> {
         self.post_empty(&format!("/orgs/{org}/netlists/{name}/rm"))
     }

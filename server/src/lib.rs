@@ -14,3 +14,4 @@ pub mod policy;
 pub mod serve;
 pub mod store;
 pub mod tang_dir;
+pub mod webhooks;

@@ -70,6 +70,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?,
     );
     state.watch_changes().map_err(|e| e.to_string())?;
+    state.start_webhooks().map_err(|e| e.to_string())?;
     tracing::info!(store = %location, "store open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -606,3 +606,27 @@ fn console_sessions_and_passkeys() {
         );
     }
 }
+
+#[test]
+fn webhooks_are_per_org_and_removed_by_id() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        let id = store
+            .webhook_add("acme", "https://hooks.example/a", "s1")
+            .unwrap();
+        store
+            .webhook_add("acme", "https://hooks.example/b", "s2")
+            .unwrap();
+        let hooks = store.webhooks("acme").unwrap();
+        assert_eq!(hooks.len(), 2, "{name}");
+        assert_eq!(
+            (hooks[0].url.as_str(), hooks[0].secret.as_str()),
+            ("https://hooks.example/a", "s1")
+        );
+        assert!(is_not_found(store.webhooks("nope")), "{name}");
+        assert!(is_not_found(store.webhook_rm("nope", id)), "{name}");
+        store.webhook_rm("acme", id).unwrap();
+        assert!(is_not_found(store.webhook_rm("acme", id)), "{name}");
+        assert_eq!(store.webhooks("acme").unwrap().len(), 1, "{name}");
+    }
+}

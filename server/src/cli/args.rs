@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use argh::FromArgs;
 
 mod device;
+mod webhook;
 pub use device::*;
+pub use webhook::*;
 
 #[derive(FromArgs)]
 /// nbde-server: a Tang-compatible server with per-device keys, unlock policy and history.
@@ -40,6 +42,7 @@ pub enum Command {
     Account(AccountArgs),
     Token(TokenArgs),
     Audit(AuditArgs),
+    Webhook(WebhookArgs),
 }
 
 #[derive(FromArgs)]

@@ -65,6 +65,7 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
         Command::Netlist(NetlistArgs { command }) => netlist(&client()?, command),
+        Command::Webhook(WebhookArgs { command }) => webhook(&client()?, command),
         Command::AllowOnce(a) => {
             let (org, device) = split_device(&a.device)?;
             let v = client()?.device_verb(org, device, "allow-once")?;
@@ -296,6 +297,32 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
         .map_err(fail)?;
     file.write_all(data).map_err(fail)?;
     file.sync_all().map_err(fail)
+}
+
+fn webhook(client: &Client, command: WebhookCommand) -> Result<(), String> {
+    match command {
+        WebhookCommand::Add(a) => output(&client.add_webhook(&a.org, &a.url)?, a.json, |v| {
+            format!("webhook {} {}\n{}", v.id, v.url, v.secret)
+        }),
+        WebhookCommand::List(a) => output(&client.webhooks(&a.org)?, a.json, |v| {
+            v.webhooks
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{}\t{}\t{}",
+                        w.id,
+                        w.url,
+                        nbde_server::api::utc(w.created_at)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        WebhookCommand::Rm(a) => output(&client.rm_webhook(&a.org, a.id)?, a.json, |v| {
+            format!("removed webhook {}", v.removed)
+        }),
+    }
+    Ok(())
 }
 
 fn netlist(client: &Client, command: NetlistCommand) -> Result<(), String> {

@@ -5,7 +5,7 @@ pub mod console;
 pub mod tang;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub settings: Settings,
     pub console: console::ConsoleState,
+    /// Set by `start_webhooks`; without it new requests tell nobody (router tests).
+    notifier: OnceLock<crate::webhooks::Notifier>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
         };
         Ok(AppState {
             console: console::ConsoleState::new(passkeys),
+            notifier: OnceLock::new(),
             store,
             keys: RwLock::new(Arc::new(keys)),
             reloading: Mutex::new(()),
@@ -114,6 +117,21 @@ impl AppState {
             }
         }))?;
         Ok(())
+    }
+
+    /// Starts the webhook deliveries (a thread holding a weak reference to the state).
+    pub fn start_webhooks(self: &Arc<Self>) -> Result<()> {
+        let notifier = crate::webhooks::Notifier::start(Arc::downgrade(self))
+            .map_err(|e| ApiError::Internal(format!("webhook thread: {e}")))?;
+        let _ = self.notifier.set(notifier);
+        Ok(())
+    }
+
+    /// Tells the org's webhooks of a new pending request; returns at once.
+    pub fn request_pending(&self, request: crate::webhooks::PendingRequest) {
+        if let Some(notifier) = self.notifier.get() {
+            notifier.request_pending(request);
+        }
     }
 
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {

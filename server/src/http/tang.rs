@@ -16,7 +16,9 @@ use super::{AppState, blocking};
 use crate::error::ApiError;
 use crate::keys::ExchangeKey;
 use crate::policy::{self, Effect, Outcome as PolicyOutcome};
+use crate::store::Applied;
 use crate::store::history::Entry;
+use crate::webhooks::PendingRequest;
 
 /// Largest `/rec` body, as tangd caps its request buffer.
 pub const MAX_REC_BODY: usize = 64 * 1024;
@@ -344,13 +346,26 @@ pub async fn device_rec(
         entry.reason = outcome.reason.clone();
         let row = entry.clone();
         let effect = decision.effect.clone();
-        match blocking(&state, move |s| Ok(s.store.apply(id, &effect, &row)?)).await {
-            Ok(true) => {
+        match blocking(&state, move |s| {
+            Ok(s.store.apply_effect(id, &effect, &row)?)
+        })
+        .await
+        {
+            // Another request won the race: decide again on fresh state.
+            Ok(Applied::Lost) => continue,
+            Ok(applied) => {
+                if let Applied::NewRequest(request) = applied {
+                    state.request_pending(PendingRequest {
+                        id: request,
+                        org: entry.org.clone().unwrap_or_default(),
+                        device: entry.device.clone().unwrap_or_default(),
+                        peer: entry.peer.clone(),
+                        created_at: crate::store::now(),
+                    });
+                }
                 state.metrics.observe(outcome.decision, started.elapsed());
                 return respond(outcome);
             }
-            // Another request won the race: decide again on fresh state.
-            Ok(false) => continue,
             Err(e) => {
                 return finish(&state, started, entry, Outcome::refuse("error", "store", e)).await;
             }

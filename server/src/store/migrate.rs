@@ -13,7 +13,7 @@ use super::{Location, Store};
 
 /// Every table, parents before children (foreign keys are checked row by row).
 /// `erasure_pending` is not moved: opening the SQLite store finishes a pending erasure.
-const TABLES: [&str; 22] = [
+const TABLES: [&str; 23] = [
     "orgs",
     "signing_keys",
     "devices",
@@ -36,6 +36,7 @@ const TABLES: [&str; 22] = [
     "escrow_keys",
     "device_escrow",
     "passkeys",
+    "webhooks",
 ];
 
 /// Tables of the SQLite schema that hold nothing to move (sessions: signing in again is

@@ -255,6 +255,34 @@ pub trait Console {
     fn passkey_used(&self, id: i64, credential: &str) -> Result<()>;
 }
 
+/// An organisation's webhook.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub id: i64,
+    pub url: String,
+    /// Signs the notifications; never shown after the hook is added.
+    pub secret: String,
+    pub created_at: i64,
+}
+
+/// Where an organisation is told of requests waiting for approval.
+pub trait Webhooks {
+    fn webhook_add(&self, org: &str, url: &str, secret: &str) -> Result<i64>;
+    fn webhooks(&self, org: &str) -> Result<Vec<Webhook>>;
+    fn webhook_rm(&self, org: &str, id: i64) -> Result<()>;
+}
+
+/// What applying a decision's effect did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Another request won the race (the guard failed): decide again.
+    Lost,
+    /// Applied, with its history row.
+    Done,
+    /// Applied, and a new pending unlock request was made (its id): approvers are told.
+    NewRequest(i64),
+}
+
 /// The trail of admin changes.
 pub trait Audit {
     fn audit_in(&self, org: Option<&str>, account: &str, action: &str, target: &str) -> Result<()>;
@@ -266,9 +294,12 @@ pub trait Audit {
 pub trait Rec {
     /// Everything the policy needs about device `device_id`, read in one go.
     fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>>;
-    /// Applies the effect and writes the history row together. False if the effect's
-    /// guard failed (another request won the race): the caller decides again.
-    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool>;
+    /// Applies the effect and writes the history row together.
+    fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied>;
+    /// `apply_effect`; false if the effect's guard failed (another request won the race).
+    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool> {
+        Ok(self.apply_effect(device_id, effect, entry)? != Applied::Lost)
+    }
     /// The newest `limit` history rows, newest first.
     fn history(
         &self,
@@ -282,12 +313,23 @@ pub trait Rec {
 }
 
 pub trait Backend:
-    Devices + Escrow + Sources + Approvals + Accounts + Console + Audit + Rec + Send + Sync
+    Devices + Escrow + Sources + Approvals + Accounts + Console + Webhooks + Audit + Rec + Send + Sync
 {
 }
 
-impl<T: Devices + Escrow + Sources + Approvals + Accounts + Console + Audit + Rec + Send + Sync>
-    Backend for T
+impl<
+    T: Devices
+        + Escrow
+        + Sources
+        + Approvals
+        + Accounts
+        + Console
+        + Webhooks
+        + Audit
+        + Rec
+        + Send
+        + Sync,
+> Backend for T
 {
 }
 

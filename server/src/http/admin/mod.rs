@@ -14,6 +14,7 @@ pub(crate) mod audit;
 pub(crate) mod devices;
 pub(crate) mod escrow;
 pub(crate) mod policy;
+pub(crate) mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -308,6 +309,11 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/orgs/{org}/accounts", post(accounts::add_account))
         .route("/tokens", post(accounts::add_token))
         .route("/tokens/{id}/revoke", post(accounts::revoke_token))
+        .route(
+            "/orgs/{org}/webhooks",
+            get(webhooks::list).post(webhooks::add),
+        )
+        .route("/orgs/{org}/webhooks/{id}/rm", post(webhooks::rm))
         .route("/history", get(audit::history))
         .route("/audit", get(audit::audit))
 }

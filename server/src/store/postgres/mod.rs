@@ -18,6 +18,7 @@ mod rec;
 mod sources;
 mod tls;
 mod watch;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,9 +30,10 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../../../migrations/postgres/0001_init.sql"),
-    include_str!("../../../migrations/postgres/0003_console.sql"),
+    include_str!("../../../migrations/postgres/0002_console.sql"),
+    include_str!("../../../migrations/postgres/0003_webhooks.sql"),
 ];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.

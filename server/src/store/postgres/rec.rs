@@ -14,7 +14,7 @@ use crate::api::HistoryEntry;
 use crate::net::Cidr;
 use crate::policy::{DeviceState, Effect, RequestState, RequestView, Snapshot};
 use crate::store::history::{Entry, HistorySink};
-use crate::store::{Rec, Result, now};
+use crate::store::{Applied, Rec, Result, now};
 
 const INSERT_HISTORY: &str = "INSERT INTO history (at, org, device, peer, kid, decision, reason)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -154,10 +154,11 @@ impl Rec for Postgres {
         }))
     }
 
-    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool> {
+    fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied> {
         self.with(|c| {
             let mut tx = c.transaction()?;
             let t = now();
+            let mut created = None;
             let applied = match effect {
                 Effect::None => true,
                 Effect::UseAllowOnce(id) => {
@@ -175,21 +176,24 @@ impl Rec for Postgres {
                 }
                 Effect::CreateRequest => {
                     // Repeated polls, from any replica, attach to the pending request.
-                    tx.execute(
-                        "INSERT INTO unlock_requests (device_id, peer, created_at, state)
-                         VALUES ($1, $2, $3, 'pending')
-                         ON CONFLICT (device_id) WHERE state = 'pending' DO NOTHING",
-                        &[&device_id, &entry.peer, &t],
-                    )?;
+                    created = tx
+                        .query_opt(
+                            "INSERT INTO unlock_requests (device_id, peer, created_at, state)
+                             VALUES ($1, $2, $3, 'pending')
+                             ON CONFLICT (device_id) WHERE state = 'pending' DO NOTHING
+                             RETURNING id",
+                            &[&device_id, &entry.peer, &t],
+                        )?
+                        .map(|r| r.get(0));
                     true
                 }
             };
             if !applied {
-                return Ok(false);
+                return Ok(Applied::Lost);
             }
             insert_history(&mut tx, t, entry)?;
             tx.commit()?;
-            Ok(true)
+            Ok(created.map_or(Applied::Done, Applied::NewRequest))
         })
     }
 

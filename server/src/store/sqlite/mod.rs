@@ -10,6 +10,7 @@ mod erasure;
 mod escrow;
 mod rec;
 mod sources;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,11 +19,12 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_policy.sql"),
     include_str!("../../../migrations/0003_escrow.sql"),
-    include_str!("../../../migrations/0005_console.sql"),
+    include_str!("../../../migrations/0004_console.sql"),
+    include_str!("../../../migrations/0005_webhooks.sql"),
 ];
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -9,7 +9,7 @@ use crate::api::HistoryEntry;
 use crate::net::Cidr;
 use crate::policy::{DeviceState, Effect, RequestState, RequestView, Snapshot};
 use crate::store::history::{Entry, HistorySink};
-use crate::store::{Rec, Result, now};
+use crate::store::{Applied, Rec, Result, now};
 
 const INSERT_HISTORY: &str = "INSERT INTO history (at, org, device, peer, kid, decision, reason)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -106,10 +106,11 @@ impl Rec for Sqlite {
         })
     }
 
-    fn apply(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<bool> {
+    fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied> {
         self.with(|c| {
             let tx = c.transaction()?;
             let t = now();
+            let mut created = None;
             let applied = match effect {
                 Effect::None => true,
                 Effect::UseAllowOnce(id) => {
@@ -127,22 +128,25 @@ impl Rec for Sqlite {
                 }
                 Effect::CreateRequest => {
                     // Repeated polls attach to the pending request instead of making new ones.
-                    tx.execute(
+                    let inserted = tx.execute(
                         "INSERT INTO unlock_requests (device_id, peer, created_at, state)
                          SELECT ?1, ?2, ?3, 'pending'
                          WHERE NOT EXISTS (SELECT 1 FROM unlock_requests
                                            WHERE device_id = ?1 AND state = 'pending')",
                         params![device_id, entry.peer, t],
                     )?;
+                    if inserted == 1 {
+                        created = Some(tx.last_insert_rowid());
+                    }
                     true
                 }
             };
             if !applied {
-                return Ok(false);
+                return Ok(Applied::Lost);
             }
             insert_history(&tx, t, entry)?;
             tx.commit()?;
-            Ok(true)
+            Ok(created.map_or(Applied::Done, Applied::NewRequest))
         })
     }
 

@@ -1,4 +1,4 @@
--- The web console: sign-in sessions and passkeys (SQLite's 0005_console.sql).
+-- The web console: sign-in sessions and passkeys (SQLite's 0004_console.sql).
 
 CREATE TABLE console_sessions (
     hash BYTEA PRIMARY KEY,
