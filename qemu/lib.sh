@@ -148,6 +148,19 @@ QEMU_ROOT_UUID=6e6b6465-0000-4000-8000-000000000001
 # in place (LUKS2; LUKS1's reencrypt needs device-mapper), then convert for LUKS1.
 qemu_root_image() {
     local out=$1 keyfile=$2 type=${3:-luks2} tree
+    qemu_plain_root_image "$out" || return 1
+    truncate -s +32M "$out" \
+        && cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M --batch-mode \
+            --key-file "$keyfile" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+            --uuid "$QEMU_ROOT_UUID" "$out" >/dev/null \
+        && if [ "$type" = luks1 ]; then
+            cryptsetup convert --batch-mode --type luks1 "$out" >/dev/null
+        fi
+}
+
+# The same root filesystem, unencrypted: the floor a boot bench measures unlockers against.
+qemu_plain_root_image() {
+    local out=$1 tree
     tree=$(mktemp -d)
     mkdir -p "$tree"/{etc,sbin,bin,proc,sys,dev}
     echo "nbde root filesystem $(basename "$out")" > "$tree/etc/nbde-marker"
@@ -163,14 +176,7 @@ INIT
     chmod +x "$tree/sbin/init"
     rm -f "$out"
     # Python callers run this without set -e: a failed step must be the function's status.
-    mke2fs -q -t ext4 -d "$tree" -L root "$out" 64M >/dev/null \
-        && truncate -s +32M "$out" \
-        && cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M --batch-mode \
-            --key-file "$keyfile" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
-            --uuid "$QEMU_ROOT_UUID" "$out" >/dev/null \
-        && if [ "$type" = luks1 ]; then
-            cryptsetup convert --batch-mode --type luks1 "$out" >/dev/null
-        fi
+    mke2fs -q -t ext4 -d "$tree" -L root "$out" 64M >/dev/null
     local status=$?
     rm -rf "$tree"
     return $status
