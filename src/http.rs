@@ -238,10 +238,58 @@ fn every_address_failed(details: &ConnectionDetails, error: ureq::Error) -> ureq
 }
 
 fn network(url: &str, error: ureq::Error) -> Error {
+    let detail = certificate_error(&error)
+        .and_then(clock_problem)
+        .unwrap_or_else(|| error.to_string());
     Error::Network {
         url: url.to_owned(),
-        detail: error.to_string(),
+        detail,
     }
+}
+
+/// The certificate error inside a ureq error, wherever ureq carried it (its own variant,
+/// or an I/O error from the TLS stream).
+fn certificate_error(error: &ureq::Error) -> Option<&rustls::CertificateError> {
+    let tls = match error {
+        ureq::Error::Rustls(tls) => tls,
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        _ => return None,
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(cert) => Some(cert),
+        _ => None,
+    }
+}
+
+/// A certificate outside its validity at this machine's clock, in words that name the
+/// clock: at boot a machine whose RTC is years off fails here, and the operator must see
+/// that the clock, not the server, is the problem.
+fn clock_problem(cert: &rustls::CertificateError) -> Option<String> {
+    use rustls::CertificateError as C;
+    let (time, bound, word) = match cert {
+        C::NotValidYetContext { time, not_before } => (*time, *not_before, "not valid before"),
+        C::ExpiredContext { time, not_after } => (*time, *not_after, "expired at"),
+        C::NotValidYet | C::Expired => {
+            return Some(
+                "the server's certificate is not valid at this machine's clock: \
+                 check the clock (RTC) or the certificate"
+                    .into(),
+            );
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "the server's certificate is {word} {}, but this machine's clock says {}: \
+         check the clock (RTC) or the certificate",
+        utc(bound.as_secs()),
+        utc(time.as_secs()),
+    ))
+}
+
+/// Seconds since the epoch as RFC 3339 UTC, e.g. `2015-01-01T00:00:00Z`.
+fn utc(seconds: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn read_reply(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
@@ -274,4 +322,32 @@ fn read_reply(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Resu
         url: url.to_owned(),
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::UnixTime;
+
+    #[test]
+    fn a_certificate_outside_its_validity_names_the_clock() {
+        let at = |s| UnixTime::since_unix_epoch(Duration::from_secs(s));
+        let early = rustls::CertificateError::NotValidYetContext {
+            time: at(1_420_070_400),
+            not_before: at(1_767_225_600),
+        };
+        let text = clock_problem(&early).unwrap();
+        assert!(text.contains("clock says 2015-01-01T00:00:00Z"), "{text}");
+        assert!(
+            text.contains("not valid before 2026-01-01T00:00:00Z"),
+            "{text}"
+        );
+        let wrapped = ureq::Error::Rustls(rustls::Error::InvalidCertificate(early));
+        let Error::Network { detail, .. } = network("https://s/", wrapped) else {
+            panic!("not a network error");
+        };
+        assert!(detail.contains("check the clock (RTC)"), "{detail}");
+        let other = rustls::CertificateError::UnknownIssuer;
+        assert_eq!(clock_problem(&other), None);
+    }
 }

@@ -120,6 +120,17 @@ pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
 
 /// Why a round of attempts failed, in words for the console, and how long to wait.
 fn explain(failures: &[Error], backoff: &mut Backoff) -> (String, Duration) {
+    let (words, retry_after) = describe(failures);
+    let delay = backoff.next(retry_after);
+    (
+        format!("{words}; retry in {} s", delay.as_secs().max(1)),
+        delay,
+    )
+}
+
+/// Why attempts failed, in words for a person (a server by its origin only, never a key
+/// or a kid), and the `Retry-After` of a request waiting for approval.
+pub fn describe(failures: &[Error]) -> (String, Option<u64>) {
     let leaves: Vec<&Error> = failures.iter().flat_map(Error::leaves).collect();
     let mut retry_after = None;
     let mut words = Vec::new();
@@ -142,6 +153,9 @@ fn explain(failures: &[Error], backoff: &mut Backoff) -> (String, Duration) {
             Error::Server { url, status, .. } => {
                 format!("server error {status} at {}", origin(url))
             }
+            Error::Network { url, detail } if detail.contains("clock") => {
+                format!("{}: {detail}", origin(url))
+            }
             Error::Network { url, .. } => format!("server unreachable: {}", origin(url)),
             other => other.to_string(),
         };
@@ -149,15 +163,19 @@ fn explain(failures: &[Error], backoff: &mut Backoff) -> (String, Duration) {
             words.push(text);
         }
     }
-    let delay = backoff.next(retry_after);
-    (
-        format!(
-            "{}; retry in {} s",
-            words.join("; "),
-            delay.as_secs().max(1)
-        ),
-        delay,
-    )
+    (words.join("; "), retry_after)
+}
+
+/// Whether trying again may help: the network or the server may come back, an approval
+/// may come. A policy refusal, a missing key or a malformed pin stays as it is.
+pub fn worth_retrying(error: &Error) -> bool {
+    error.leaves().into_iter().any(|leaf| match leaf {
+        Error::Network { .. } => true,
+        Error::Server {
+            status, problem, ..
+        } => *status >= 500 || *status == 429 || problem.as_deref() == Some("pending-approval"),
+        _ => false,
+    })
 }
 
 /// `scheme://host:port` of a URL: enough to say which server, without paths or kids.

@@ -9,7 +9,7 @@ mod backup;
 mod keyring;
 mod luks1;
 pub mod luksmeta;
-mod marker;
+pub mod marker;
 mod tokens;
 
 use std::path::{Path, PathBuf};
