@@ -18,23 +18,30 @@ import time
 GUEST_SERVER_BASE = "10.0.2.10"
 
 
-def guest_url(index=0):
-    """The URL a guest uses for forwarded server number `index`."""
-    return f"http://{GUEST_SERVER_BASE}{index}"
+def guest_url(index=0, scheme="http"):
+    """The URL a guest uses for forwarded server number `index` (port 80 for http, 443
+    for https: see Boot's forwards)."""
+    return f"{scheme}://{GUEST_SERVER_BASE}{index}"
 
 
 class Boot:
-    def __init__(self, kernel, initrd, disk, append, forwards, log_path, memory=1024, cpus=1):
+    """`forwards`: host loopback ports, the i-th reached by the guest at 10.0.2.10i:80, or
+    (guest port, host port) pairs. `qemu_args`: more of QEMU's own (`-rtc base=…`)."""
+
+    def __init__(self, kernel, initrd, disk, append, forwards, log_path, memory=1024, cpus=1,
+                 qemu_args=()):
         netdev = "user,id=n0,restrict=on"
-        for i, port in enumerate(forwards):
-            netdev += f",guestfwd=tcp:{GUEST_SERVER_BASE}{i}:80-cmd:socat STDIO TCP:127.0.0.1:{port}"
+        for i, forward in enumerate(forwards):
+            guest_port, port = forward if isinstance(forward, tuple) else (80, forward)
+            netdev += (f",guestfwd=tcp:{GUEST_SERVER_BASE}{i}:{guest_port}"
+                       f"-cmd:socat STDIO TCP:127.0.0.1:{port}")
         self.cmd = [
             "qemu-system-x86_64", "-m", str(memory), "-smp", str(cpus), "-cpu", "max",
             "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
             "-kernel", kernel, "-initrd", initrd,
             "-append", f"console=ttyS0 panic=-1 {append}",
             "-drive", f"file={disk},if=virtio,format=raw",
-            "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+            "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0", *qemu_args,
         ]
         self.log_path = log_path
         self.lines = []

@@ -123,10 +123,18 @@ def fill_chroot(name, packages, path):
                     + " ".join(packages) + " >/dev/null")
 
 
-def install_ours(root, name, unlock):
-    """Our binary (the nbde-unlock at path `unlock`) and integration files, fresh for each
-    image."""
+TOKEN_DIR = "usr/lib/x86_64-linux-gnu/cryptsetup"
+
+
+def install_ours(root, name, unlock, plugin=None):
+    """Our binary (the nbde-unlock at path `unlock`), the token plugin when given (else
+    none: the chroot is shared), and integration files, fresh for each image."""
     shutil.copy(unlock, os.path.join(root, "usr/bin/nbde-unlock"))
+    installed = os.path.join(root, TOKEN_DIR, "libcryptsetup-token-clevis.so")
+    if plugin:
+        shutil.copy(plugin, installed)
+    elif os.path.exists(installed):
+        os.remove(installed)
     if name == "dracut":
         dest = os.path.join(root, "usr/lib/dracut/modules.d/90nbde-unlock")
         shutil.rmtree(dest, ignore_errors=True)
@@ -140,13 +148,18 @@ def install_ours(root, name, unlock):
 
 
 class ChrootGenerator:
-    def __init__(self, name, kdir, build, unlock):
+    """`dracut`, `initramfs-tools`, or `dracut-token`: dracut with the token plugin
+    installed, where systemd-cryptsetup opens the tokens itself and no agent runs."""
+
+    def __init__(self, name, kdir, build, unlock, plugin=None):
         self.name = name
+        self.chroot = "dracut" if name == "dracut-token" else name
+        self.plugin = plugin if name == "dracut-token" else None
         self.build = build
         self.unlock = unlock
         self.kver = open(os.path.join(kdir, "version")).read().strip()
         self.path = None
-        if name == "dracut":
+        if self.chroot == "dracut":
             self.append = (f"root=/dev/mapper/luks-{UUID} rd.luks.uuid={UUID} rd.neednet=1 ip=dhcp "
                            "rd.luks.options=timeout=0 rw")
             # systemd says "passphrase or recovery key" when a systemd-recovery token is there.
@@ -158,11 +171,17 @@ class ChrootGenerator:
     def initrd(self):
         if self.path:
             return self.path
-        root = chroot(self.name)
-        install_ours(root, self.name, self.unlock)
+        root = chroot(self.chroot)
+        install_ours(root, self.chroot, self.unlock, self.plugin)
         out = f"/boot/initrd.nbde-{self.name}"
-        if self.name == "dracut":
+        if self.chroot == "dracut":
             in_chroot(root, f"dracut --force --no-hostonly --add nbde-unlock --kver {self.kver} {out} 2>/dev/null")
+            listing = subprocess.run(["chroot", root, "lsinitrd", out], capture_output=True, text=True,
+                                     check=True).stdout
+            has_plugin = "libcryptsetup-token-clevis.so" in listing
+            has_agent = "nbde-unlock-agent.service" in listing
+            if (has_plugin, has_agent) != (bool(self.plugin), not self.plugin):
+                raise AssertionError(f"{self.name} image: token plugin {has_plugin}, agent {has_agent}")
         else:
             in_chroot(root, f"mkinitramfs -o {out} {self.kver} 2>/dev/null")
         self.path = os.path.join(self.build, f"initrd-{self.name}")
@@ -170,7 +189,7 @@ class ChrootGenerator:
         return self.path
 
 
-def generator(name, kdir, build, unlock):
-    if name not in PACKAGES:
-        raise SystemExit(f"unknown generator {name!r}: minimal, dracut or initramfs-tools")
-    return ChrootGenerator(name, kdir, build, unlock)
+def generator(name, kdir, build, unlock, plugin):
+    if name not in [*PACKAGES, "dracut-token"]:
+        raise SystemExit(f"unknown generator {name!r}: minimal, dracut, dracut-token or initramfs-tools")
+    return ChrootGenerator(name, kdir, build, unlock, plugin)

@@ -24,8 +24,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import boot  # noqa: E402
 
-# The release binaries; build() sets them.
-SERVER = UNLOCK = None
+# The release binaries and the token plugin; build() sets them.
+SERVER = UNLOCK = PLUGIN = None
 PASSPHRASE = "typed at the console"
 
 
@@ -48,12 +48,13 @@ def lib_path(call):
 def build(*packages):
     """Builds release binaries and points SERVER and UNLOCK where cargo put them
     ($CARGO_TARGET_DIR, a cargo config's build.target-dir, or target/)."""
-    global SERVER, UNLOCK
-    args = [a for p in packages or ("nbde-unlock", "nbde-server") for a in ("-p", p)]
+    global SERVER, UNLOCK, PLUGIN
+    args = [a for p in packages or ("nbde-unlock", "nbde-server", "nbde-token-clevis") for a in ("-p", p)]
     subprocess.run(["cargo", "build", "--release", "--locked", "-q", *args], cwd=REPO, check=True)
     release = lib_path("qemu_release_dir")
     SERVER = os.path.join(release, "nbde-server")
     UNLOCK = os.path.join(release, "nbde-unlock")
+    PLUGIN = os.path.join(release, "libcryptsetup_token_clevis.so")
 
 
 def kernel():
@@ -70,7 +71,10 @@ def free_port():
 class Server:
     """nbde-server with its own store; stop() and start() keep the port."""
 
-    def __init__(self, work, port=0):
+    def __init__(self, work, port=0, tls=None):
+        """`tls`: a Tls whose certificate the server presents (then the guest reaches it
+        at https://10.0.2.100, port 443)."""
+        self.tls = tls
         self.data = os.path.join(work, "server-data")
         out = subprocess.run([SERVER, "init", "--data", self.data], check=True,
                              capture_output=True, text=True)
@@ -79,15 +83,24 @@ class Server:
         self.proc = None
 
     def start(self, *extra):
+        if self.tls:
+            extra = ("--tls-cert", self.tls.cert, "--tls-key", self.tls.key, *extra)
         self.proc = subprocess.Popen(
             [SERVER, "serve", "--data", self.data, "--listen", f"127.0.0.1:{self.port}",
-             "--public-url", boot.guest_url(0), *extra],
+             "--public-url", boot.guest_url(0, "https" if self.tls else "http"), *extra],
             stderr=subprocess.PIPE, text=True, env=dict(self.env, NBDE_LOG="warn"))
         line = self.proc.stderr.readline()
         assert "listening on" in line, line
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-        self.env["NBDE_SERVER"] = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        self.env["NBDE_SERVER"] = f"{scheme}://127.0.0.1:{self.port}"
+        if self.tls:
+            self.env["NBDE_CACERT"] = self.tls.ca
         return self
+
+    def forward(self):
+        """What Boot forwards to this server: the guest's port 80, or 443 for HTTPS."""
+        return (443, self.port) if self.tls else self.port
 
     def stop(self):
         if self.proc:
@@ -107,8 +120,32 @@ class Server:
         return json.loads(self.admin("history", "--device", spec, "--json"))["history"]
 
     def adv(self, org, name, path):
-        subprocess.run(["curl", "-sf", "-o", path, f"http://127.0.0.1:{self.port}/o/{org}/d/{name}/adv"],
+        ca = ["--cacert", self.tls.ca] if self.tls else []
+        subprocess.run(["curl", "-sf", *ca, "-o", path, f"{self.env['NBDE_SERVER']}/o/{org}/d/{name}/adv"],
                        check=True)
+
+
+class Tls:
+    """A private CA and a server certificate for 10.0.2.100 (the guest's view) and
+    127.0.0.1 (the host's), valid from an hour ago for 30 days: made by openssl."""
+
+    def __init__(self, work):
+        self.ca, ca_key = os.path.join(work, "ca.pem"), os.path.join(work, "ca.key")
+        self.cert, self.key = os.path.join(work, "server.pem"), os.path.join(work, "server.key")
+        csr, ext = os.path.join(work, "server.csr"), os.path.join(work, "server.ext")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        quiet = dict(check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca, "-days", "30",
+                        "-subj", "/CN=nbde scenario CA", "-addext", "basicConstraints=critical,CA:TRUE"], **quiet)
+        subprocess.run(["openssl", "req", *ec, "-keyout", self.key, "-out", csr, "-subj", "/CN=10.0.2.100"],
+                       **quiet)
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:10.0.2.100,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", ca_key,
+                        "-CAcreateserial", "-out", self.cert, "-days", "30", "-extfile", ext], **quiet)
+
+    def pem(self):
+        return open(self.ca).read()
 
 
 class Tangd:
@@ -196,12 +233,14 @@ def device_config(server, work, name):
     return {"url": d["url"], "thp": d["thp"], "adv": adv}
 
 
-def run_boot(gen, kdir, work, image, forwards, label, expects, actions=None, timeout=300):
+def run_boot(gen, kdir, work, image, forwards, label, expects, actions=None, timeout=300,
+             qemu_args=()):
     """Boots; `expects` are (label, regex) in order. When a label is in `actions`, its
     (regex, act) waits for the regex and then calls act(boot) — typing on the console,
     approving a request. Returns {label: seconds} or raises with the log's tail."""
     log = os.path.join(work, f"{label}.serial.log")
-    b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, gen.append, forwards, log)
+    b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, gen.append, forwards, log,
+                  qemu_args=qemu_args)
     deadline = time.monotonic() + timeout
     seen = {}
     with b:
@@ -463,6 +502,50 @@ def approval_browser(gen, kdir, work):
         server.stop()
 
 
+def https_server(gen, work, name):
+    """nbde-server over HTTPS and a root bound to it with the CA pinned in the binding as
+    PEM: the token itself carries the CA into any image (and the token plugin)."""
+    tls = Tls(work)
+    server = Server(work, tls=tls).start()
+    config = device_config(server, work, name)
+    assert config["url"].startswith("https://"), config
+    config["cacert"] = tls.pem()
+    image = os.path.join(work, f"{name}.img")
+    bind(image, ("tang", config), work, name)
+    return server, image
+
+
+def https(gen, kdir, work):
+    server, image = https_server(gen, work, "tls")
+    try:
+        t = run_boot(gen, kdir, work, image, [server.forward()], f"{gen.name}-https",
+                     [("nbde", r"nbde-unlock"), ("root", "NBDE-ROOT-MOUNTED")])
+        rows = server.history("ci/tls")
+        assert rows and rows[0]["decision"] == "allowed", rows
+        return f"root at {t['root']:.1f} s over https (CA pinned in the token), history: allowed"
+    finally:
+        server.stop()
+
+
+def https_wrong_clock(gen, kdir, work):
+    """The guest's clock says 2015, years before the certificate: the unlock fails with a
+    message that names the clock, the typed passphrase still works, and no request reaches
+    the server (nothing falls back to plain http)."""
+    server, image = https_server(gen, work, "clock")
+    try:
+        t = run_boot(gen, kdir, work, image, [server.forward()], f"{gen.name}-clock",
+                     [("clock", r"this machine's clock says 2015-"), ("typed", ""),
+                      ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"typed": (gen.prompt, lambda b: b.type(PASSPHRASE))},
+                     qemu_args=("-rtc", "base=2015-01-01T00:00:00"))
+        rows = server.history("ci/clock")
+        assert not rows, rows
+        return (f"clock named at {t['clock']:.1f} s, typed passphrase, root at {t['root']:.1f} s; "
+                "no request reached the server")
+    finally:
+        server.stop()
+
+
 SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
@@ -474,6 +557,8 @@ SCENARIOS = {
     "luks1-stock-clevis": luks1_stock_clevis,
     "sovereign": sovereign,
     "managed-user": managed_user,
+    "https": https,
+    "https-wrong-clock": https_wrong_clock,
 }
 
 # Scenarios that prove a mode need one hand-built and one real generator, not every one.
@@ -481,6 +566,14 @@ ONLY_ON = {
     "approval-browser": {"minimal"},
     "sovereign": {"minimal", "dracut"},
     "managed-user": {"minimal", "dracut"},
+    "https-wrong-clock": {"minimal", "dracut", "dracut-token"},
+}
+
+# A generator that proves one way among others runs only what shows that way: dracut with
+# the token plugin (systemd-cryptsetup opens the token, no agent) unlocks, falls back to the
+# typed passphrase when refused, and unlocks over HTTPS.
+SCENARIOS_OF = {
+    "dracut-token": {"allowed", "refused-typed", "https", "https-wrong-clock"},
 }
 
 
@@ -498,12 +591,13 @@ def main():
             generators.append(Minimal(kdir, build_dir))
         else:
             import chroots
-            generators.append(chroots.generator(name, kdir, build_dir, UNLOCK))
+            generators.append(chroots.generator(name, kdir, build_dir, UNLOCK, PLUGIN))
     failed = 0
     rows = []
     for gen in generators:
         for name in args.scenario or list(SCENARIOS):
-            if not args.scenario and gen.name not in ONLY_ON.get(name, {gen.name}):
+            if not args.scenario and (gen.name not in ONLY_ON.get(name, {gen.name})
+                                      or name not in SCENARIOS_OF.get(gen.name, {name})):
                 continue
             work = tempfile.mkdtemp(prefix=f"nbde-{gen.name}-{name}-")
             start = time.monotonic()

@@ -13,8 +13,13 @@ pub enum Error {
     Config(String),
     /// A pin this binary does not implement.
     UnsupportedPin(String),
-    /// The server could not be reached or did not answer in time.
-    Network { url: String, detail: String },
+    /// The server could not be reached or did not answer in time. `no_route`: this
+    /// machine has no route to it (its network is not up yet), so nothing left the machine.
+    Network {
+        url: String,
+        detail: String,
+        no_route: bool,
+    },
     /// The server answered with a non-2xx status.
     Server {
         url: String,
@@ -70,7 +75,7 @@ impl fmt::Display for Error {
             Error::Proto { step, source } => write!(f, "{step}: {source}"),
             Error::Config(msg) => write!(f, "configuration: {msg}"),
             Error::UnsupportedPin(pin) => write!(f, "pin {pin:?} is not supported by nbde-unlock"),
-            Error::Network { url, detail } => write!(f, "{url}: unreachable: {detail}"),
+            Error::Network { url, detail, .. } => write!(f, "{url}: unreachable: {detail}"),
             Error::Server {
                 url,
                 status,

@@ -58,8 +58,18 @@ pub fn http_url(url: &str) -> Result<std::borrow::Cow<'_, str>> {
     Ok(format!("http://{url}").into())
 }
 
-fn load_certificates(path: &str) -> Result<Vec<Certificate<'static>>> {
-    let pem = std::fs::read(path).map_err(Error::io(format!("CA file {path}")))?;
+/// The certificates of a `cacert`: PEM text itself (the CA travels inside the binding,
+/// into any initramfs and the token plugin), or the path of a PEM file.
+fn load_certificates(cacert: &str) -> Result<Vec<Certificate<'static>>> {
+    let (pem, what) = if cacert.trim_start().starts_with("-----BEGIN") {
+        (
+            cacert.as_bytes().to_vec(),
+            "the CA in the binding".to_owned(),
+        )
+    } else {
+        let pem = std::fs::read(cacert).map_err(Error::io(format!("CA file {cacert}")))?;
+        (pem, format!("CA file {cacert}"))
+    };
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         if let Ok(PemItem::Certificate(cert)) = item {
@@ -67,9 +77,7 @@ fn load_certificates(path: &str) -> Result<Vec<Certificate<'static>>> {
         }
     }
     if certs.is_empty() {
-        return Err(Error::Config(format!(
-            "CA file {path} holds no certificate"
-        )));
+        return Err(Error::Config(format!("{what} holds no certificate")));
     }
     Ok(certs)
 }
@@ -241,9 +249,14 @@ fn network(url: &str, error: ureq::Error) -> Error {
     let detail = certificate_error(&error)
         .and_then(clock_problem)
         .unwrap_or_else(|| error.to_string());
+    let no_route = matches!(
+        &error,
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::NetworkUnreachable
+    );
     Error::Network {
         url: url.to_owned(),
         detail,
+        no_route,
     }
 }
 

@@ -172,3 +172,33 @@ fn https_to_the_wrong_host_name_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_ca_pinned_as_pem_text_in_the_binding_is_trusted_without_any_file() {
+    let keys = tempdir();
+    tang_keys(keys.path(), "P-521");
+    let ca = make_ca();
+    let other_ca = make_ca();
+    let server = start_tls_tangd(keys.path(), &ca, "127.0.0.1");
+    let url = format!("https://127.0.0.1:{}", server.port);
+
+    let config = json!({"url": url, "cacert": ca.pem}).to_string();
+    let jwe = ours_encrypt("tang", &config, b"pinned inside");
+    let out = ours_decrypt(&jwe);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"pinned inside");
+
+    let config = json!({"url": url, "cacert": other_ca.pem}).to_string();
+    let out = run(&nbde_unlock(), &["encrypt", "tang", &config, "-y"], b"x");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        !err.contains("BEGIN CERTIFICATE"),
+        "the PEM was printed: {err}"
+    );
+}

@@ -1,7 +1,8 @@
 #!/bin/bash
-# dracut module: nbde-unlock as a systemd password agent in the initrd. It answers
-# systemd-cryptsetup's requests for LUKS2 devices with a clevis binding; the console
-# agent keeps asking too, and the first answer wins. No clevis, jose, curl or bash needed.
+# dracut module: clevis tokens opened at boot with no clevis, jose, curl or bash. Where
+# libcryptsetup-token-clevis.so is installed, systemd-cryptsetup opens the tokens itself
+# through it; otherwise nbde-unlock runs as a systemd password agent and answers
+# systemd-cryptsetup's requests (the console agent keeps asking too; the first answer wins).
 
 check() {
     require_binaries nbde-unlock || return 1
@@ -26,13 +27,12 @@ nbde_host_needs_network() {
     return 1
 }
 
-install() {
-    inst_binary nbde-unlock
+# What both ways need: the runtime library unwinding loads, CA files, the network.
+install_common() {
     # Unwinding loads libgcc_s at run time; ldd does not list it.
     inst_libdir_file "libgcc_s.so.1"
-    inst_simple "$moddir/nbde-unlock-agent.service" "$systemdsystemunitdir/nbde-unlock-agent.service"
-    $SYSTEMCTL -q --root "$initdir" enable nbde-unlock-agent.service
-    # CA files named by bindings (the tang pin's cacert) live here.
+    # CA files named by bindings (the tang pin's cacert, when it is a path) live here; a
+    # CA pinned as PEM in the binding travels inside the token and needs nothing.
     if [[ -d /etc/nbde-unlock/ca ]]; then
         inst_dir /etc/nbde-unlock/ca
         inst_multiple -o /etc/nbde-unlock/ca/*
@@ -42,4 +42,19 @@ install() {
         mkdir -p "$initdir/etc/cmdline.d"
         echo "rd.neednet=1" > "$initdir/etc/cmdline.d/90nbde-unlock.conf"
     fi
+}
+
+install() {
+    # With the token plugin installed, systemd-cryptsetup opens clevis tokens itself,
+    # before it asks anyone: no agent, no binary in the image. Without it (or with
+    # nbde_unlock_agent=yes in dracut.conf), the agent answers the password requests.
+    if [[ ${nbde_unlock_agent-} != yes ]] \
+        && inst_libdir_file "cryptsetup/libcryptsetup-token-clevis.so"; then
+        install_common
+        return 0
+    fi
+    inst_binary nbde-unlock
+    inst_simple "$moddir/nbde-unlock-agent.service" "$systemdsystemunitdir/nbde-unlock-agent.service"
+    $SYSTEMCTL -q --root "$initdir" enable nbde-unlock-agent.service
+    install_common
 }

@@ -118,8 +118,28 @@ pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
     usable
 }
 
+/// How soon to try again while this machine has no route to any server: early in boot
+/// the network comes up any moment, and an attempt that cannot leave the machine costs no
+/// server anything, so waiting out a backoff would only delay the boot.
+pub const NO_ROUTE_RETRY: Duration = Duration::from_millis(250);
+
+/// Whether every failure is this machine having no route to its server.
+pub fn no_route_anywhere(failures: &[Error]) -> bool {
+    let leaves: Vec<&Error> = failures.iter().flat_map(Error::leaves).collect();
+    !leaves.is_empty()
+        && leaves
+            .iter()
+            .all(|leaf| matches!(leaf, Error::Network { no_route: true, .. }))
+}
+
 /// Why a round of attempts failed, in words for the console, and how long to wait.
 fn explain(failures: &[Error], backoff: &mut Backoff) -> (String, Duration) {
+    if no_route_anywhere(failures) {
+        return (
+            "network not up yet, no route to the server(s)".into(),
+            NO_ROUTE_RETRY,
+        );
+    }
     let (words, retry_after) = describe(failures);
     let delay = backoff.next(retry_after);
     (
@@ -153,7 +173,7 @@ pub fn describe(failures: &[Error]) -> (String, Option<u64>) {
             Error::Server { url, status, .. } => {
                 format!("server error {status} at {}", origin(url))
             }
-            Error::Network { url, detail } if detail.contains("clock") => {
+            Error::Network { url, detail, .. } if detail.contains("clock") => {
                 format!("{}: {detail}", origin(url))
             }
             Error::Network { url, .. } => format!("server unreachable: {}", origin(url)),
@@ -227,6 +247,7 @@ pub fn recover_until(
     deadline: Option<Instant>,
 ) -> Option<Recovered> {
     let mut backoff = Backoff::new();
+    let mut said = String::new();
     status(&format!("{label}: asking {} binding(s)", bindings.len()));
     loop {
         let failures = match recover_once(bindings, ctx, |_, _| Ok(())) {
@@ -237,7 +258,11 @@ pub fn recover_until(
             Err(failures) => failures,
         };
         let (message, delay) = explain(&failures, &mut backoff);
-        status(&format!("{label}: {message}"));
+        // The no-route message repeats four times a second until the network is up: once.
+        if message != said {
+            status(&format!("{label}: {message}"));
+            said = message;
+        }
         let wake = Instant::now() + delay;
         while Instant::now() < wake {
             if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -298,6 +323,7 @@ mod tests {
             Error::Network {
                 url: "http://10.0.2.101/rec/KID".into(),
                 detail: "refused".into(),
+                no_route: false,
             },
         ];
         let (text, delay) = explain(&failures, &mut Backoff::new());
@@ -306,5 +332,28 @@ mod tests {
             "waiting for approval at http://10.0.2.100:7500; server unreachable: http://10.0.2.101; retry in 4 s"
         );
         assert_eq!(delay, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn no_route_anywhere_retries_at_once_and_keeps_the_backoff() {
+        let down = |url: &str| Error::Network {
+            url: url.into(),
+            detail: "Network is unreachable (os error 101)".into(),
+            no_route: true,
+        };
+        let mut backoff = Backoff::new();
+        let failures = vec![down("http://a/rec"), down("http://b/rec")];
+        assert_eq!(explain(&failures, &mut backoff).1, NO_ROUTE_RETRY);
+        assert_eq!(backoff.attempt, 0);
+        // One server reached (refused): the backoff applies.
+        let mixed = vec![
+            down("http://a/rec"),
+            Error::Network {
+                url: "http://b/rec".into(),
+                detail: "refused".into(),
+                no_route: false,
+            },
+        ];
+        assert!(explain(&mixed, &mut backoff).1 >= Duration::from_millis(500));
     }
 }

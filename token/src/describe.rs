@@ -69,7 +69,12 @@ fn pin_lines(pin: &ClevisJwe, depth: usize, lines: &mut Vec<String>) {
             lines.push(format!("{indent}tang thp:   {thp}"));
             lines.push(format!("{indent}tang kid:   {}", tang.kid));
             if let Some(cacert) = &tang.cacert {
-                lines.push(format!("{indent}tang CA:    {cacert}"));
+                let shown = if cacert.trim_start().starts_with("-----BEGIN") {
+                    "pinned in the binding (PEM)"
+                } else {
+                    cacert
+                };
+                lines.push(format!("{indent}tang CA:    {shown}"));
             }
         }
         Pin::Sss(sss) => {

@@ -170,7 +170,7 @@ fn race_for(device: Device, tokens: &[(u32, Value)]) -> Arc<Race> {
                 let race = Arc::clone(&race);
                 let id = *id;
                 std::thread::spawn(move || {
-                    let outcome = recover_until_deadline(&parsed.pin, race.deadline);
+                    let outcome = recover_until_deadline(id, &parsed.pin, race.deadline);
                     race.settle(id, outcome);
                 });
             }
@@ -183,8 +183,10 @@ fn race_for(device: Device, tokens: &[(u32, Value)]) -> Arc<Race> {
 
 /// Tries one token until it answers, refuses for good, or the deadline passes; each
 /// attempt's timeouts are cut to the time left.
-fn recover_until_deadline(clevis: &nbde_proto::ClevisJwe, deadline: Instant) -> Outcome {
+fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Instant) -> Outcome {
     let started = Instant::now();
+    let console = in_initrd();
+    let mut said = String::new();
     let mut backoff = Backoff::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -199,14 +201,28 @@ fn recover_until_deadline(clevis: &nbde_proto::ClevisJwe, deadline: Instant) -> 
             assume_yes: false,
         };
         let error = match pin::recover(clevis, &ctx) {
-            Ok(key) => return Outcome::Key(key),
+            Ok(key) => {
+                if console {
+                    boot::status(&format!("clevis token {id}: key recovered"));
+                }
+                return Outcome::Key(key);
+            }
             Err(error) => error,
         };
-        let (words, retry_after) = boot::describe(std::slice::from_ref(&error));
+        let failures = std::slice::from_ref(&error);
+        let (words, retry_after) = boot::describe(failures);
+        if console && words != said {
+            boot::status(&format!("clevis token {id}: {words}"));
+            said.clone_from(&words);
+        }
         if !boot::worth_retrying(&error) {
             return Outcome::Failed(words);
         }
-        let delay = backoff.next(retry_after).min(Duration::from_secs(2));
+        let delay = if boot::no_route_anywhere(failures) {
+            boot::NO_ROUTE_RETRY
+        } else {
+            backoff.next(retry_after).min(Duration::from_secs(2))
+        };
         if Instant::now() + delay >= deadline {
             return Outcome::Failed(format!(
                 "gave up after {} s: {words}",
@@ -215,4 +231,10 @@ fn recover_until_deadline(clevis: &nbde_proto::ClevisJwe, deadline: Instant) -> 
         }
         std::thread::sleep(delay);
     }
+}
+
+/// In an initrd (systemd's marker file) progress also goes to the console through the
+/// kernel log, as the agent's does: at boot a person watches the console, not a journal.
+fn in_initrd() -> bool {
+    std::path::Path::new("/etc/initrd-release").exists()
 }
