@@ -2,9 +2,11 @@
 """Boot to root mounted, stock clevis against nbde-unlock, side by side in one run, on the
 same dracut and initramfs-tools images (Debian chroots), the same kernel and a root whose
 passphrase slot uses cryptsetup's default Argon2id, as real machines have it. Stock tangd
-serves both. Also the initramfs size each unlocker adds, and per generator the floor: the
-same kernel and initramfs (no unlocker) booting the same root filesystem unencrypted, with
-no network; each unlocker's time is shown over it.
+serves both. dracut also with the token plugin (systemd-cryptsetup opens the token, no
+agent), and the hand-built minimal image. Also the initramfs size each unlocker adds, and
+per generator the floor: the same kernel and initramfs without an unlocker (for minimal:
+the same image) booting the same root filesystem unencrypted, with no network; each
+unlocker's time is shown over it.
 
     python3 bench/boot.py        (root, Debian 12; builds and caches what it needs)
 """
@@ -22,6 +24,7 @@ import boot  # noqa: E402
 import chroots  # noqa: E402
 import scenarios  # noqa: E402
 
+FLOOR = "none (floor: unencrypted root, no network)"
 CLEVIS = {"dracut": ["clevis", "clevis-dracut", "clevis-luks"],
           "initramfs-tools": ["clevis", "clevis-initramfs", "clevis-luks"]}
 
@@ -36,9 +39,16 @@ def argon_image(path, keyfile):
                     "--pbkdf", "argon2id", "--pbkdf-memory", "262144", path], check=True)
 
 
-def build(root, name, kver, out, with_ours, add=""):
+def build(root, name, kver, out, with_ours, add="", plugin=None, floor=False):
+    """An image of generator `name`: with our module (and the token plugin, if given) or
+    without; `floor`: initramfs-tools without the root's crypttab entry, whose cryptroot
+    would otherwise wait for a LUKS device the unencrypted floor does not have."""
     if with_ours:
-        chroots.install_ours(root, name, scenarios.UNLOCK)
+        chroots.install_ours(root, name, scenarios.UNLOCK, plugin)
+    else:
+        installed = os.path.join(root, chroots.TOKEN_DIR, "libcryptsetup-token-clevis.so")
+        if os.path.exists(installed):
+            os.remove(installed)
     if name == "dracut":
         # Non-hostonly dracut takes every module whose check passes: leave ours out of the
         # images that are not about it.
@@ -50,7 +60,14 @@ def build(root, name, kver, out, with_ours, add=""):
                 path = os.path.join(root, "etc/initramfs-tools", sub, "nbde-unlock")
                 if os.path.exists(path):
                     os.remove(path)
-        chroots.in_chroot(root, f"mkinitramfs -o /boot/bench.img {kver} 2>/dev/null")
+        crypttab = os.path.join(root, "etc/crypttab")
+        if floor:
+            os.rename(crypttab, crypttab + ".bench")
+        try:
+            chroots.in_chroot(root, f"mkinitramfs -o /boot/bench.img {kver} 2>/dev/null")
+        finally:
+            if floor:
+                os.rename(crypttab + ".bench", crypttab)
     shutil.copy(os.path.join(root, "boot/bench.img"), out)
 
 
@@ -61,8 +78,21 @@ def timed_boot(kdir, initrd, image, append, port, log):
     return found[1] if found else None
 
 
+def bound_root(work, name, keyfile, config, stock):
+    """A fresh Argon2id root bound to tangd by stock clevis or by nbde-unlock."""
+    image = os.path.join(work, f"{name}-root.img")
+    argon_image(image, keyfile)
+    if stock:
+        subprocess.run(["clevis", "luks", "bind", "-y", "-d", image, "-k", keyfile, "tang", config],
+                       check=True, capture_output=True)
+    else:
+        subprocess.run([scenarios.UNLOCK, "bind", "-d", image, "-k", keyfile, "tang", config],
+                       check=True, capture_output=True)
+    return image
+
+
 def main():
-    scenarios.build("nbde-unlock")
+    scenarios.build("nbde-unlock", "nbde-token-clevis")
     kdir = scenarios.kernel()
     kver = open(os.path.join(kdir, "version")).read().strip()
     work = tempfile.mkdtemp(prefix="nbde-bootbench-")
@@ -76,8 +106,22 @@ def main():
     keyfile = os.path.join(work, "pass")
     with open(keyfile, "w") as f:
         f.write(scenarios.PASSPHRASE)
+    plain = os.path.join(work, "plain.img")
+    scenarios.lib(f"qemu_plain_root_image '{plain}'")
     rows = []
+
+    def measure(name, unlocker, initrd, image, append, added):
+        log = os.path.join(work, f"{name}-{unlocker.replace(' ', '-')}.log")
+        seconds = timed_boot(kdir, initrd, image, append, tangd.port, log)
+        rows.append((name, unlocker, seconds, added, log))
+        print(f"{name} {unlocker}: root at {seconds} s", flush=True)
+
     try:
+        minimal = scenarios.Minimal(kdir, work)
+        # One image for both: the minimal init mounts a plain root when told nbde.plain.
+        measure("minimal", FLOOR, minimal.initrd(), plain, "nbde.plain", None)
+        measure("minimal", "nbde-unlock", minimal.initrd(), bound_root(work, "minimal", keyfile, config, False),
+                minimal.append, None)
         for name in ["dracut", "initramfs-tools"]:
             gen = chroots.ChrootGenerator(name, kdir, work, scenarios.UNLOCK)
             # Stock clevis: its own chroot (our files absent), bound by stock clevis.
@@ -87,43 +131,34 @@ def main():
             chroots.PACKAGES[name] = saved
             plain_root = chroots.chroot(name)
             base = os.path.join(work, f"{name}-base.img")
-            stock = os.path.join(work, f"{name}-clevis.img")
-            ours = os.path.join(work, f"{name}-nbde.img")
+            floor = os.path.join(work, f"{name}-floor.img")
+            images = [("stock clevis", os.path.join(work, f"{name}-clevis.img"), True),
+                      ("nbde-unlock", os.path.join(work, f"{name}-nbde.img"), False)]
             build(plain_root, name, kver, base, with_ours=False)
-            build(stock_root, name, kver, stock, with_ours=False, add="--add clevis")
-            build(plain_root, name, kver, ours, with_ours=True)
-            plain = os.path.join(work, f"{name}-plain.img")
-            scenarios.lib(f"qemu_plain_root_image '{plain}'")
-            log = os.path.join(work, f"{name}-floor.log")
-            floor = timed_boot(kdir, base, plain, "root=/dev/vda rw", tangd.port, log)
-            rows.append((name, "none (floor: unencrypted root, no network)", floor, 0, log))
-            print(f"{name} floor: root at {floor} s", flush=True)
-            for unlocker, initrd in [("stock clevis", stock), ("nbde-unlock", ours)]:
-                image = os.path.join(work, f"{name}-root.img")
-                argon_image(image, keyfile)
-                if unlocker == "stock clevis":
-                    subprocess.run(["clevis", "luks", "bind", "-y", "-d", image, "-k", keyfile, "tang", config],
-                                   check=True, capture_output=True)
-                else:
-                    subprocess.run([scenarios.UNLOCK, "bind", "-d", image, "-k", keyfile, "tang", config],
-                                   check=True, capture_output=True)
-                log = os.path.join(work, f"{name}-{unlocker.split()[-1]}.log")
-                seconds = timed_boot(kdir, initrd, image, gen.append, tangd.port, log)
-                added = os.path.getsize(initrd) - os.path.getsize(base)
-                rows.append((name, unlocker, seconds, added, log))
-                print(f"{name} {unlocker}: root at {seconds} s, +{added / 1024:.0f} KiB", flush=True)
+            build(plain_root, name, kver, floor, with_ours=False, floor=True)
+            build(stock_root, name, kver, images[0][1], with_ours=False, add="--add clevis")
+            build(plain_root, name, kver, images[1][1], with_ours=True)
+            if name == "dracut":
+                images.append(("nbde token plugin", os.path.join(work, f"{name}-token.img"), False))
+                build(plain_root, name, kver, images[2][1], with_ours=True, plugin=scenarios.PLUGIN)
+            measure(name, FLOOR, floor, plain, "root=/dev/vda rw", 0)
+            for unlocker, initrd, stock in images:
+                image = bound_root(work, name, keyfile, config, stock)
+                measure(name, unlocker, initrd, image, gen.append,
+                        os.path.getsize(initrd) - os.path.getsize(base))
     finally:
         tangd.stop()
     print("\nGuest seconds from QEMU start to root mounted (TCG, 1 vCPU, Argon2id passphrase slot);")
     print("initramfs growth over the same image without an unlocker (compressed).\n")
     print("| generator | unlocker | root mounted | over the floor | initramfs added |")
     print("|---|---|---|---|---|")
-    floors = {name: seconds for name, unlocker, seconds, _, _ in rows if unlocker.startswith("none")}
+    floors = {name: seconds for name, unlocker, seconds, _, _ in rows if unlocker == FLOOR}
     for name, unlocker, seconds, added, log in rows:
         shown = f"{seconds:.1f} s" if seconds else f"not in 600 s (see {log})"
         over = (f"+{seconds - floors[name]:.1f} s" if seconds and floors.get(name)
-                and not unlocker.startswith("none") else "")
-        print(f"| {name} | {unlocker} | {shown} | {over} | {added / 1024:.0f} KiB |")
+                and unlocker != FLOOR else "")
+        size = "same image" if added is None else f"{added / 1024:.0f} KiB"
+        print(f"| {name} | {unlocker} | {shown} | {over} | {size} |")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ class Boot:
         return time.monotonic() - self.start
 
     def _read(self):
-        with open(self.log_path, "wb") as log:
+        # Beside the raw log, each line with the host's seconds since QEMU started: where a
+        # boot spends its time, including lines the kernel does not stamp (systemd, hooks).
+        with open(self.log_path, "wb") as log, open(self.log_path + ".timed", "w") as timed:
             buf = b""
             while True:
                 chunk = self.proc.stdout.read1(4096)
@@ -82,7 +84,9 @@ class Boot:
                 buf = parts.pop()
                 with self.lock:
                     for p in parts:
-                        self.lines.append((self.elapsed(), p.decode("utf-8", "replace")))
+                        line = p.decode("utf-8", "replace")
+                        self.lines.append((self.elapsed(), line))
+                        timed.write(f"{self.elapsed():8.2f} | {line}\n")
                     if buf:
                         self.partial = (self.elapsed(), buf.decode("utf-8", "replace"))
                     self.lock.notify_all()

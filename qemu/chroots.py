@@ -9,11 +9,15 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 CACHE = os.environ.get("NBDE_CACHE", "/var/cache/nbde-qemu")
 UUID = "6e6b6465-0000-4000-8000-000000000001"
+# Images are built one at a time: generators share chroots (dracut and dracut-token the
+# same one), and scenarios running side by side ask for their images at once.
+IMAGE_BUILD = threading.Lock()
 
 PACKAGES = {
     "dracut": ["dracut", "dracut-network", "cryptsetup", "systemd", "systemd-sysv", "iproute2",
@@ -169,8 +173,10 @@ class ChrootGenerator:
             self.prompt = r"Please unlock disk cryptroot"
 
     def initrd(self):
-        if self.path:
-            return self.path
+        with IMAGE_BUILD:
+            return self.path or self._build()
+
+    def _build(self):
         root = chroot(self.chroot)
         install_ours(root, self.chroot, self.unlock, self.plugin)
         out = f"/boot/initrd.nbde-{self.name}"
