@@ -149,10 +149,13 @@ QEMU_ROOT_UUID=6e6b6465-0000-4000-8000-000000000001
 qemu_root_image() {
     local out=$1 keyfile=$2 type=${3:-luks2} tree
     qemu_plain_root_image "$out" || return 1
+    # reencrypt names its temporary header file and its lock by the volume's UUID: made
+    # under a random one, images built at once never meet; the shared UUID comes after.
     truncate -s +32M "$out" \
-        && cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M --batch-mode \
-            --key-file "$keyfile" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
-            --uuid "$QEMU_ROOT_UUID" "$out" >/dev/null \
+        && (cd "$(dirname "$out")" && cryptsetup reencrypt --encrypt --type luks2 \
+            --reduce-device-size 32M --batch-mode --key-file "$(realpath "$keyfile")" \
+            --pbkdf pbkdf2 --pbkdf-force-iterations 1000 "$(realpath "$out")" >/dev/null) \
+        && cryptsetup luksUUID --batch-mode --uuid "$QEMU_ROOT_UUID" "$out" \
         && if [ "$type" = luks1 ]; then
             cryptsetup convert --batch-mode --type luks1 "$out" >/dev/null
         fi
