@@ -2,7 +2,8 @@
 # The test command: installs what the tests need (Debian, as root), then runs formatting,
 # lints, every cargo test against the real peers (stock clevis, tangd, jose, cryptsetup),
 # the first-run path from an empty cache (qemu/cold.sh: the demo, the kernel fill), and the
-# QEMU boot scenarios (standalone, dracut, initramfs-tools).
+# QEMU boot scenarios (standalone, dracut with the agent and with the token plugin,
+# initramfs-tools), two at a time.
 #   NBDE_SKIP_QEMU=1 ./tests/run.sh   skips the boots (for a quick local run)
 #   NBDE_COLD=1 ./tests/run.sh        also runs the scenarios on an empty cache, so the
 #                                     chroots are made from nothing too (several minutes more)
@@ -42,5 +43,5 @@ if [ "${NBDE_SKIP_QEMU:-0}" != 1 ]; then
         export NBDE_CACHE
         trap 'rm -rf "$NBDE_CACHE"' EXIT
     fi
-    python3 qemu/scenarios.py --generator minimal,dracut,initramfs-tools
+    python3 qemu/scenarios.py --generator minimal,dracut,dracut-token,initramfs-tools
 fi
