@@ -225,8 +225,8 @@ fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Ins
         };
         if Instant::now() + delay >= deadline {
             return Outcome::Failed(format!(
-                "gave up after {} s: {words}",
-                started.elapsed().as_secs_f32().round()
+                "gave up after {:.1} s: {words}",
+                started.elapsed().as_secs_f32()
             ));
         }
         std::thread::sleep(delay);

@@ -20,12 +20,19 @@ fn plugin_dir(root: &Path) -> PathBuf {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
     }
-    std::fs::copy(
-        bin("libcryptsetup_token_clevis.so"),
-        dir.join("libcryptsetup-token-clevis.so"),
-    )
-    .unwrap();
+    std::fs::copy(plugin(), dir.join("libcryptsetup-token-clevis.so")).unwrap();
     dir
+}
+
+/// The plugin cargo built for these tests: beside the test executable (`deps/`, where
+/// `cargo test` leaves the library's cdylib), else where `cargo build` puts it.
+fn plugin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let beside = exe.with_file_name("libcryptsetup_token_clevis.so");
+    if beside.exists() {
+        return beside;
+    }
+    PathBuf::from(bin("libcryptsetup_token_clevis.so"))
 }
 
 /// `program args…` with the plugin installed (in its own mount namespace), timed.
