@@ -56,6 +56,8 @@ pub enum Error {
     },
     /// The volume (named) carries the sovereign marker: no automatic unlock.
     Sovereign(String),
+    /// The tpm2 pin failed (`nbde-tpm2`'s words); `transient`: no TPM yet, or busy.
+    Tpm2 { detail: String, transient: bool },
 }
 
 impl Error {
@@ -113,6 +115,7 @@ impl fmt::Display for Error {
                 status,
                 detail,
             } => write!(f, "{url}: server answered HTTP {status}: {detail}"),
+            Error::Tpm2 { detail, .. } => write!(f, "tpm2: {detail}"),
             Error::Sovereign(device) => write!(
                 f,
                 "{device} is sovereign: its managed unlock path was removed, so no automatic \

@@ -2,6 +2,7 @@
 //! made a JWE (for regen and edit), and which bound tang keys a server no longer advertises.
 
 use nbde_proto::clevis::Sss;
+use nbde_proto::tpm2::Tpm2;
 use nbde_proto::{ClevisJwe, Jws, KeySet, Pin, ThumbprintHash};
 use serde_json::{Map, Value, json};
 
@@ -47,23 +48,23 @@ pub fn listed_config(clevis: &ClevisJwe) -> String {
         Pin::Tang(tang) => json!({ "url": tang.url }).to_string(),
         Pin::Null(null) if null.key.is_none() => json!({"fail": true}).to_string(),
         Pin::Null(_) => "{}".into(),
-        Pin::Other { name, member } if name == "tpm2" => {
-            let fields: Vec<String> = ["hash", "key", "pcr_bank", "pcr_ids", "pcr_digest"]
-                .iter()
-                .filter_map(|k| {
-                    let v = member.get(*k)?;
-                    let text = v
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| v.to_string());
-                    Some(format!("\"{k}\":\"{text}\""))
-                })
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
+        Pin::Tpm2(tpm2) => tpm2_config(tpm2).to_string(),
         Pin::Other { .. } => "{}".into(),
         Pin::Sss(sss) => listed_sss(sss),
     }
+}
+
+/// The config that made a tpm2 binding, members in clevis's order (`list` prints it, a
+/// rebind seals to the same policy again).
+fn tpm2_config(tpm2: &Tpm2) -> Value {
+    let mut config = Map::new();
+    config.insert("hash".into(), tpm2.hash.clone().into());
+    config.insert("key".into(), tpm2.key.clone().into());
+    if let Some(pcrs) = &tpm2.pcrs {
+        config.insert("pcr_bank".into(), pcrs.bank.clone().into());
+        config.insert("pcr_ids".into(), pcrs.ids_text().into());
+    }
+    Value::Object(config)
 }
 
 fn listed_sss(sss: &Sss) -> String {
@@ -114,6 +115,7 @@ pub fn config_of(clevis: &ClevisJwe, pinned: bool) -> Result<(String, Value)> {
         }
         Pin::Null(null) if null.key.is_none() => json!({"fail": true}),
         Pin::Null(_) => json!({}),
+        Pin::Tpm2(tpm2) => tpm2_config(tpm2),
         Pin::Sss(sss) => {
             let mut pins: Map<String, Value> = Map::new();
             for child in &sss.children {

@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace
-    luksmeta keyutils sqlite3 postgresql haproxy libssl-dev chromium chromium-driver python3-selenium)
+    luksmeta keyutils sqlite3 postgresql haproxy libssl-dev chromium chromium-driver python3-selenium
+    clevis-tpm2 swtpm tpm2-tools libtss2-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -13,6 +13,7 @@ use crate::b64;
 use crate::curve::EcPoint;
 use crate::error::{Error, Result};
 use crate::jwe::Jwe;
+use crate::tpm2::Tpm2;
 
 /// sss pins nest; a header nested deeper than this is not one clevis made.
 const MAX_DEPTH: usize = 16;
@@ -29,8 +30,10 @@ pub enum Pin {
     Tang(Tang),
     Sss(Sss),
     Null(Null),
-    /// A pin clevis has and nbde does not implement (`tpm2`, `tpm1`, `pkcs11`) or an
-    /// unknown one, with its header member (for `list`).
+    /// A key sealed in this machine's TPM (unsealed by `nbde-tpm2`).
+    Tpm2(Tpm2),
+    /// A pin clevis has and nbde does not implement (`tpm1`, `pkcs11`) or an unknown one,
+    /// with its header member (for `list`).
     Other {
         name: String,
         member: Value,
@@ -99,6 +102,7 @@ impl ClevisJwe {
             Pin::Tang(_) => "tang",
             Pin::Sss(_) => "sss",
             Pin::Null(_) => "null",
+            Pin::Tpm2(_) => "tpm2",
             Pin::Other { name, .. } => name,
         }
     }
@@ -121,6 +125,25 @@ impl ClevisJwe {
     pub fn needs_network(&self) -> bool {
         !self.tang_pins().is_empty()
     }
+
+    /// Whether this binding cannot open without a tang server: false for a lone tpm2 or
+    /// null pin, and for an sss whose children that need no network reach its threshold
+    /// by themselves (then the binding is a key local to the machine).
+    pub fn requires_network(&self) -> bool {
+        match &self.pin {
+            Pin::Tang(_) => true,
+            Pin::Sss(sss) => {
+                let local = sss
+                    .children
+                    .iter()
+                    .flatten()
+                    .filter(|child| !child.requires_network())
+                    .count();
+                local < sss.threshold
+            }
+            Pin::Null(_) | Pin::Tpm2(_) | Pin::Other { .. } => false,
+        }
+    }
 }
 
 fn parse_at(jwe: Jwe, depth: usize) -> Result<ClevisJwe> {
@@ -140,6 +163,7 @@ fn parse_at(jwe: Jwe, depth: usize) -> Result<ClevisJwe> {
         "tang" => Pin::Tang(parse_tang(&jwe, member(clevis, "tang", "clevis.tang")?)?),
         "sss" => Pin::Sss(parse_sss(member(clevis, "sss", "clevis.sss")?, depth)?),
         "null" => Pin::Null(parse_null(member(clevis, "null", "clevis.null")?)?),
+        "tpm2" => Pin::Tpm2(Tpm2::parse(member(clevis, "tpm2", "clevis.tpm2")?)?),
         other => Pin::Other {
             name: other.to_owned(),
             member: clevis.get(other).cloned().unwrap_or(Value::Null),
@@ -350,10 +374,45 @@ mod tests {
 
     #[test]
     fn other_pins_are_named() {
-        let h = header(json!({"clevis": {"pin": "tpm2", "tpm2": {"hash": "sha256"}}}));
+        let h = header(json!({"clevis": {"pin": "tpm1", "tpm1": {"hash": "sha256"}}}));
         let jwe = Jwe::encrypt_dir(h, &[1u8; 32], b"x").unwrap();
         let parsed = ClevisJwe::parse(jwe).unwrap();
-        assert_eq!(parsed.name(), "tpm2");
+        assert_eq!(parsed.name(), "tpm1");
         assert!(matches!(&parsed.pin, Pin::Other { member, .. } if member["hash"] == "sha256"));
+        let h = header(json!({"clevis": {"pin": "tpm2", "tpm2": {"hash": "sha256"}}}));
+        let jwe = Jwe::encrypt_dir(h, &[1u8; 32], b"x").unwrap();
+        assert_eq!(
+            ClevisJwe::parse(jwe).unwrap_err(),
+            Error::Missing("clevis.tpm2.key")
+        );
+    }
+
+    fn tpm2_jwe() -> String {
+        let member = json!({"hash": "sha256", "key": "ecc", "jwk_pub": "AAA", "jwk_priv": "AAA"});
+        let h = header(json!({"clevis": {"pin": "tpm2", "tpm2": member}}));
+        Jwe::encrypt_dir(h, &[1u8; 32], b"x").unwrap().to_compact()
+    }
+
+    fn sss_over(threshold: u64, children: Vec<String>) -> ClevisJwe {
+        let h = header(
+            json!({"clevis": {"pin": "sss", "sss": {"jwe": children, "p": "AQ", "t": threshold}}}),
+        );
+        ClevisJwe::parse(Jwe::encrypt_dir(h, &[1u8; 32], b"x").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_tpm2_binding_is_managed_only_when_tang_is_needed_too() {
+        let tpm2 = ClevisJwe::from_compact(&tpm2_jwe()).unwrap();
+        assert!(matches!(&tpm2.pin, Pin::Tpm2(t) if t.hash == "sha256" && t.pcrs.is_none()));
+        assert!(!tpm2.requires_network());
+        let null = null_jwe(false).to_compact();
+        // sss(null, tpm2) t=2: no server involved.
+        assert!(!sss_over(2, vec![null.clone(), tpm2_jwe()]).requires_network());
+        // A tang child: t=2 needs it, t=1 does not (the tpm2 alone opens).
+        let tang = tang_jwe(Curve::P256).0.to_compact();
+        let both = sss_over(2, vec![tang.clone(), tpm2_jwe()]);
+        assert!(both.requires_network() && both.needs_network());
+        let either = sss_over(1, vec![tang, tpm2_jwe()]);
+        assert!(!either.requires_network() && either.needs_network());
     }
 }

@@ -12,6 +12,7 @@ pub mod jwk;
 pub mod jws;
 pub mod kdf;
 pub mod sss;
+pub mod tpm2;
 
 pub use adv::KeySet;
 pub use clevis::{ClevisJwe, Pin};

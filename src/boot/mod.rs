@@ -191,6 +191,8 @@ pub fn describe(failures: &[Error]) -> (String, Option<u64>) {
 pub fn worth_retrying(error: &Error) -> bool {
     error.leaves().into_iter().any(|leaf| match leaf {
         Error::Network { .. } => true,
+        // At boot the TPM driver may come up after us.
+        Error::Tpm2 { transient, .. } => *transient,
         Error::Server {
             status, problem, ..
         } => *status >= 500 || *status == 429 || problem.as_deref() == Some("pending-approval"),

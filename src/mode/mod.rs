@@ -44,11 +44,13 @@ impl Mode {
 /// What one active keyslot is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotKind {
-    /// A clevis binding whose pin needs the network (tang, or sss with a tang child):
-    /// part of the managed path.
+    /// A clevis binding that cannot open without a tang server (tang, or an sss whose
+    /// threshold needs a tang child, such as sss(tang, tpm2) with t=2): part of the
+    /// managed path.
     Network { pin: String, servers: Vec<String> },
-    /// A clevis binding that needs no network (a lone tpm2, null, sss without tang): a
-    /// key local to the machine, neither managed nor the user's.
+    /// A clevis binding that opens without any server (a lone tpm2, null, an sss whose
+    /// local children reach its threshold): a key local to the machine, neither managed
+    /// nor the user's.
     Local { pin: String },
     /// A clevis token whose JWE cannot be read.
     Unreadable { reason: String },
@@ -67,7 +69,9 @@ impl SlotKind {
             SlotKind::Network { pin, servers } => {
                 format!("network binding ({pin}: {})", servers.join(", "))
             }
-            SlotKind::Local { pin } => format!("local clevis binding ({pin}, no network)"),
+            SlotKind::Local { pin } => {
+                format!("local clevis binding ({pin}: opens without any server)")
+            }
             SlotKind::Unreadable { reason } => format!("unreadable clevis binding ({reason})"),
             SlotKind::User { token_type: None } => "user key (passphrase)".into(),
             SlotKind::User {
@@ -138,7 +142,7 @@ impl Survey {
             .map(|slot| {
                 let kind = match bindings.iter().find(|b| b.slot == slot) {
                     Some(b) => match b.jwe.clone().map(ClevisJwe::parse) {
-                        Ok(Ok(pin)) if pin.needs_network() => SlotKind::Network {
+                        Ok(Ok(pin)) if pin.requires_network() => SlotKind::Network {
                             pin: pin.name().to_owned(),
                             servers: servers_of(&pin),
                         },

@@ -40,7 +40,7 @@ pub fn recover_through_network(volume: &mut Volume, ctx: &Context) -> Result<Zer
     let (bindings, mut failures) = boot::usable_bindings(volume);
     let network: Vec<boot::Binding> = bindings
         .into_iter()
-        .filter(|b| b.pin.needs_network())
+        .filter(|b| b.pin.requires_network())
         .collect();
     if network.is_empty() {
         return Err(failures.pop().unwrap_or_else(|| {

@@ -4,6 +4,7 @@
 pub mod null;
 pub mod sss;
 pub mod tang;
+pub mod tpm2;
 
 use nbde_proto::{ClevisJwe, Jwe, Pin};
 use serde_json::Value;
@@ -21,7 +22,7 @@ pub struct Context {
 }
 
 /// Pins Clevis knows that this binary deliberately does not implement.
-const FOREIGN_PINS: [&str; 3] = ["tpm2", "tpm1", "pkcs11"];
+const FOREIGN_PINS: [&str; 2] = ["tpm1", "pkcs11"];
 
 fn unsupported(pin: &str) -> Error {
     if FOREIGN_PINS.contains(&pin) {
@@ -37,6 +38,7 @@ pub fn encrypt(pin: &str, config: &Value, plaintext: &[u8], ctx: &Context) -> Re
         "tang" => tang::encrypt(config, plaintext, ctx),
         "sss" => sss::encrypt(config, plaintext, ctx),
         "null" => null::encrypt(config, plaintext),
+        "tpm2" => tpm2::encrypt(config, plaintext),
         other => Err(unsupported(other)),
     }
 }
@@ -58,6 +60,7 @@ pub fn recover(clevis: &ClevisJwe, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> 
         Pin::Tang(tang) => tang::recover(tang, &clevis.jwe, ctx),
         Pin::Sss(sss) => sss::recover(sss, &clevis.jwe, ctx),
         Pin::Null(null) => null::recover(null, &clevis.jwe),
+        Pin::Tpm2(_) => tpm2::recover(&clevis.jwe),
         Pin::Other { name, .. } => Err(unsupported(name)),
     }
 }

@@ -10,10 +10,12 @@ mod kill;
 mod listener;
 mod nbde_server;
 mod postgres;
+mod swtpm;
 pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
 pub use listener::{Listener, start_fixed_server, start_tangd, start_tangd_at};
 pub use nbde_server::NbdeServer;
 pub use postgres::Postgres;
+pub use swtpm::Swtpm;
 
 pub const TANGD: &str = "/usr/libexec/tangd";
 pub const TANGD_KEYGEN: &str = "/usr/libexec/tangd-keygen";
@@ -42,8 +44,14 @@ pub fn nbde_unlock() -> String {
 
 /// Runs `program args…` with `stdin`, returning its output. Fails the test if it cannot start.
 pub fn run(program: &str, args: &[&str], stdin: &[u8]) -> Output {
+    run_with_env(program, args, stdin, &[])
+}
+
+/// `run` with variables added to the environment.
+pub fn run_with_env(program: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -35,7 +35,7 @@ pub fn from_value(json: &Value) -> Result<ClevisToken, String> {
     }
     let jwe = json.get("jwe").ok_or("no \"jwe\" member")?;
     let jwe = Jwe::from_flattened(jwe).map_err(|e| format!("\"jwe\": {e}"))?;
-    // A pin this handler does not recover (tpm2, …) is still a valid clevis token: stock
+    // A pin this handler does not recover (tpm1, pkcs11, …) is still a valid clevis token: stock
     // `clevis luks bind` imports it through this very check.
     let pin = ClevisJwe::parse(jwe).map_err(|e| format!("\"jwe\" header: {e}"))?;
     Ok(ClevisToken { pin })
@@ -91,6 +91,16 @@ fn pin_lines(pin: &ClevisJwe, depth: usize, lines: &mut Vec<String>) {
             }
         }
         Pin::Null(_) => lines.push(format!("{indent}clevis pin: null")),
+        Pin::Tpm2(tpm2) => {
+            let policy = match &tpm2.pcrs {
+                Some(pcrs) => format!("PCRs {}:{}", pcrs.bank, pcrs.ids_text()),
+                None => "no PCR policy".into(),
+            };
+            lines.push(format!(
+                "{indent}clevis pin: tpm2 ({} {}, {policy})",
+                tpm2.key, tpm2.hash
+            ));
+        }
         Pin::Other { name, .. } => lines.push(format!("{indent}clevis pin: {name} (not handled)")),
     }
 }
