@@ -199,6 +199,17 @@ qemu_copy_binary() {
     [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 }
 
+# qemu_copy_tpm2 ROOT BINARY: the tpm2 pin's program beside nbde-unlock, its libraries,
+# and the TCTI that libtss2-tctildr opens by name at run time (ldd does not list it).
+qemu_copy_tpm2() {
+    local root=$1 binary=$2 tcti
+    qemu_copy_binary "$root" "$binary" || return 1
+    for tcti in /usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0*; do
+        [ -e "$tcti" ] || { echo "qemu_copy_tpm2: no libtss2-tcti-device (libtss2-dev)" >&2; return 1; }
+        qemu_copy_binary "$root" "$tcti" "$(dirname "$tcti")" || return 1
+    done
+}
+
 # qemu_minimal_initrd OUT KERNEL_DIR: the hand-built initramfs of standalone mode —
 # busybox, the release nbde-unlock, QEMU_MODULES, and qemu/minimal-init as /init.
 qemu_minimal_initrd() {
@@ -212,6 +223,9 @@ qemu_minimal_initrd() {
         ln -sf busybox "$root/bin/$applet"
     done
     qemu_copy_binary "$root" "$release/nbde-unlock" || { rm -rf "$root"; return 1; }
+    if [ -x "$release/nbde-tpm2" ]; then
+        qemu_copy_tpm2 "$root" "$release/nbde-tpm2" || { rm -rf "$root"; return 1; }
+    fi
     for m in $QEMU_MODULES; do
         # An image without a module it needs would only fail much later, in the guest.
         deps=$(modprobe -d "$kdir/root" -S "$kver" --show-depends "$m") \

@@ -27,7 +27,7 @@ import boot  # noqa: E402
 import chroots  # noqa: E402
 
 # The release binaries and the token plugin; build() sets them.
-SERVER = UNLOCK = PLUGIN = None
+SERVER = UNLOCK = PLUGIN = TPM2 = None
 PASSPHRASE = "typed at the console"
 
 
@@ -50,13 +50,15 @@ def lib_path(call):
 def build(*packages):
     """Builds release binaries and points SERVER and UNLOCK where cargo put them
     ($CARGO_TARGET_DIR, a cargo config's build.target-dir, or target/)."""
-    global SERVER, UNLOCK, PLUGIN
-    args = [a for p in packages or ("nbde-unlock", "nbde-server", "nbde-token-clevis") for a in ("-p", p)]
+    global SERVER, UNLOCK, PLUGIN, TPM2
+    packages = packages or ("nbde-unlock", "nbde-server", "nbde-token-clevis", "nbde-tpm2")
+    args = [a for p in packages for a in ("-p", p)]
     subprocess.run(["cargo", "build", "--release", "--locked", "-q", *args], cwd=REPO, check=True)
     release = lib_path("qemu_release_dir")
     SERVER = os.path.join(release, "nbde-server")
     UNLOCK = os.path.join(release, "nbde-unlock")
     PLUGIN = os.path.join(release, "libcryptsetup_token_clevis.so")
+    TPM2 = os.path.join(release, "nbde-tpm2")
 
 
 def kernel():
@@ -191,6 +193,74 @@ class Blackhole:
             self.held.append(conn)
 
 
+# Kernel argument for a guest given Swtpm.for_guest()'s device (see there).
+TPM_APPEND = "tpm_tis.force=1"
+
+
+class Swtpm:
+    """The guest's TPM: Debian's swtpm with its state in the scenario's directory. The
+    host seals to it over TCP first (`for_host`, as stock tools reach a TPM), then QEMU
+    gives it to the guest as a TIS device (`for_guest`); the seeds stay in the state."""
+
+    def __init__(self, work):
+        self.state = os.path.join(work, "tpm-state")
+        os.makedirs(self.state, exist_ok=True)
+        self.proc = None
+        self.socket = os.path.join(work, "swtpm.sock")
+
+    def for_host(self):
+        while True:
+            port = free_port()
+            try:
+                # The control channel must be on port + 1 (the swtpm TCTI expects it).
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            break
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
+             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+             "--flags", "not-need-init,startup-clear"])
+        wait_port(port)
+        return {"TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+
+    def for_guest(self):
+        """QEMU's arguments for a TPM TIS device backed by this TPM."""
+        self.stop()
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
+             "--ctrl", f"type=unixio,path={self.socket}"], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.socket):
+            if time.monotonic() > deadline:
+                raise AssertionError("swtpm made no control socket")
+            time.sleep(0.02)
+        # With -kernel and -initrd, QEMU 7.2 loads the initrd over the top of RAM where
+        # SeaBIOS put the ACPI tables and the TPM's event log, so the guest finds no TPM
+        # in ACPI: the guest probes the TIS at its fixed address instead (TPM_APPEND).
+        return ["-chardev", f"socket,id=chrtpm,path={self.socket}",
+                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+
+def wait_port(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 class Generator:
     name = ""
     append = ""
@@ -220,14 +290,14 @@ class Minimal(Generator):
         return self.path
 
 
-def bind(image, config, work, label):
+def bind(image, config, work, label, env=None):
     keyfile = os.path.join(work, f"{label}.pass")
     with open(keyfile, "w") as f:
         f.write(PASSPHRASE)
     lib(f"qemu_root_image '{image}' '{keyfile}'")
     pin, cfg = config
     subprocess.run([UNLOCK, "bind", "-d", image, "-k", keyfile, pin, json.dumps(cfg)], check=True,
-                   capture_output=True)
+                   capture_output=True, env=dict(os.environ, **(env or {})))
 
 
 def device_config(server, work, name):
@@ -238,13 +308,13 @@ def device_config(server, work, name):
 
 
 def run_boot(gen, kdir, work, image, forwards, label, expects, actions=None, timeout=300,
-             qemu_args=()):
+             qemu_args=(), append=""):
     """Boots; `expects` are (label, regex) in order. When a label is in `actions`, its
     (regex, act) waits for the regex and then calls act(boot) — typing on the console,
     approving a request. Returns {label: seconds} or raises with the log's tail."""
     log = os.path.join(work, f"{label}.serial.log")
-    b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, gen.append, forwards, log,
-                  qemu_args=qemu_args)
+    b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, f"{gen.append} {append}",
+                  forwards, log, qemu_args=qemu_args)
     deadline = time.monotonic() + timeout
     seen = {}
     with b:
@@ -551,6 +621,35 @@ def https_wrong_clock(gen, kdir, work):
         server.stop()
 
 
+def tpm2_sss(gen, kdir, work):
+    """A root bound to sss(tang, tpm2) with t=2: this TPM and this network. It opens
+    through both; with the server refusing, the TPM's share alone is not enough and the
+    typed passphrase opens it."""
+    server = Server(work).start()
+    tpm = Swtpm(work)
+    try:
+        image = os.path.join(work, "tpm2.img")
+        config = {"t": 2, "pins": {"tang": [device_config(server, work, "tpm2")], "tpm2": {}}}
+        bind(image, ("sss", config), work, "tpm2", env=tpm.for_host())
+        qemu_tpm = tpm.for_guest()
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-tpm2",
+                     [("root", "NBDE-ROOT-MOUNTED")], qemu_args=qemu_tpm, append=TPM_APPEND)
+        assert server.history("ci/tpm2")[0]["decision"] == "allowed"
+        server.admin("device", "disable", "ci/tpm2")
+        qemu_tpm = tpm.for_guest()
+        r = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-tpm2-refused",
+                     [("refused", r"refused by policy \(disabled\)"), ("typed", ""),
+                      ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"typed": (gen.prompt, lambda b: b.type(PASSPHRASE))},
+                     qemu_args=qemu_tpm, append=TPM_APPEND)
+        assert server.history("ci/tpm2")[0]["decision"] == "disabled"
+        return (f"TPM and server: root at {t['root']:.1f} s; server refusing: typed passphrase, "
+                f"root at {r['root']:.1f} s")
+    finally:
+        tpm.stop()
+        server.stop()
+
+
 SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
@@ -564,6 +663,7 @@ SCENARIOS = {
     "managed-user": managed_user,
     "https": https,
     "https-wrong-clock": https_wrong_clock,
+    "tpm2-sss": tpm2_sss,
 }
 
 # Scenarios that prove a mode need one hand-built and one real generator, not every one.
@@ -572,6 +672,7 @@ ONLY_ON = {
     "sovereign": {"minimal", "dracut"},
     "managed-user": {"minimal", "dracut"},
     "https-wrong-clock": {"minimal", "dracut", "dracut-token"},
+    "tpm2-sss": {"minimal"},
 }
 
 # A generator that proves one way among others runs only what shows that way: dracut with

@@ -27,6 +27,31 @@ nbde_host_needs_network() {
     return 1
 }
 
+# Whether a device this host unlocks at boot has a tpm2 binding (alone or in sss), or
+# cannot be read to tell (then the image carries the pin rather than lose the binding).
+nbde_host_needs_tpm2() {
+    local dev status=1
+    for dev in "${!host_fs_types[@]}"; do
+        [[ ${host_fs_types[$dev]} == crypto_LUKS ]] || continue
+        nbde-unlock needs-tpm2 -d "$dev" 2>/dev/null
+        case $? in
+            0) return 0 ;;
+            2) status=0 ;;
+        esac
+    done
+    return $status
+}
+
+# The tpm2 pin's program (which links the TSS and libcrypto, so nbde-unlock does not),
+# and the TCTI libtss2 opens by name at run time: only where a binding uses a TPM.
+install_tpm2() {
+    command -v nbde-tpm2 >/dev/null || return 0
+    if [[ ! $hostonly ]] || nbde_host_needs_tpm2; then
+        inst_binary nbde-tpm2
+        inst_libdir_file "libtss2-tcti-device.so.0*"
+    fi
+}
+
 # What both ways need: the runtime library unwinding loads, CA files, the network.
 install_common() {
     # Unwinding loads libgcc_s at run time; ldd does not list it.
@@ -38,6 +63,7 @@ install_common() {
         inst_multiple -o /etc/nbde-unlock/ca/*
     fi
     inst_multiple -o /etc/ssl/certs/ca-certificates.crt
+    install_tpm2
     if [[ $hostonly ]] && nbde_host_needs_network; then
         mkdir -p "$initdir/etc/cmdline.d"
         echo "rd.neednet=1" > "$initdir/etc/cmdline.d/90nbde-unlock.conf"

@@ -126,6 +126,13 @@ impl ClevisJwe {
         !self.tang_pins().is_empty()
     }
 
+    /// Whether the pin `name` appears anywhere in this binding, sss children included.
+    pub fn uses(&self, name: &str) -> bool {
+        self.name() == name
+            || matches!(&self.pin, Pin::Sss(sss)
+                if sss.children.iter().flatten().any(|child| child.uses(name)))
+    }
+
     /// Whether this binding cannot open without a tang server: false for a lone tpm2 or
     /// null pin, and for an sss whose children that need no network reach its threshold
     /// by themselves (then the binding is a key local to the machine).
@@ -414,5 +421,6 @@ mod tests {
         assert!(both.requires_network() && both.needs_network());
         let either = sss_over(1, vec![tang, tpm2_jwe()]);
         assert!(!either.requires_network() && either.needs_network());
+        assert!(either.uses("tpm2") && either.uses("tang") && !either.uses("null"));
     }
 }

@@ -283,6 +283,16 @@ fn mapper_exists(name: &str) -> bool {
 /// recover its key (a sovereign volume's never does). Every device must be a readable LUKS
 /// volume. Writes nothing: image generators ask this at build time.
 pub fn needs_network(devices: &[PathBuf]) -> Result<bool> {
+    any_binding(devices, ClevisJwe::needs_network)
+}
+
+/// Whether any such binding uses the tpm2 pin (alone or in sss): then an image needs
+/// `nbde-tpm2` and the TSS libraries, and otherwise does not.
+pub fn needs_tpm2(devices: &[PathBuf]) -> Result<bool> {
+    any_binding(devices, |pin| pin.uses("tpm2"))
+}
+
+fn any_binding(devices: &[PathBuf], wanted: impl Fn(&ClevisJwe) -> bool) -> Result<bool> {
     let mut needed = false;
     for device in devices {
         let mut volume = Volume::open(device)?;
@@ -294,7 +304,7 @@ pub fn needs_network(devices: &[PathBuf]) -> Result<bool> {
             .into_iter()
             .filter(|b| b.active)
             .filter_map(|b| ClevisJwe::parse(b.jwe.ok()?).ok())
-            .any(|pin| pin.needs_network());
+            .any(|pin| wanted(&pin));
     }
     Ok(needed)
 }

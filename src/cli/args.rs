@@ -32,6 +32,7 @@ pub enum Command {
     Agent(AgentArgs),
     Passfifo(PassfifoArgs),
     NeedsNetwork(NeedsNetworkArgs),
+    NeedsTpm2(NeedsTpm2Args),
     Mode(ModeArgs),
     Header(HeaderArgs),
 }
@@ -329,6 +330,16 @@ pub struct PassfifoArgs {
 /// 1 if none does, 2 if that cannot be told. Prints nothing; for image generators.
 #[argh(subcommand, name = "needs-network")]
 pub struct NeedsNetworkArgs {
+    /// a LUKS device or image (repeat for more)
+    #[argh(option, short = 'd')]
+    pub device: Vec<PathBuf>,
+}
+
+#[derive(FromArgs)]
+/// Exit 0 if a binding on the devices uses the tpm2 pin (also inside sss), 1 if none does,
+/// 2 if that cannot be told. Prints nothing; image generators then ship nbde-tpm2.
+#[argh(subcommand, name = "needs-tpm2")]
+pub struct NeedsTpm2Args {
     /// a LUKS device or image (repeat for more)
     #[argh(option, short = 'd')]
     pub device: Vec<PathBuf>,

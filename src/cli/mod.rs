@@ -158,7 +158,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             nbde_unlock::boot::passfifo(&a.crypttab, &context(a.timeout, false))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::NeedsNetwork(a) => Ok(needs_network(a)),
+        Command::NeedsNetwork(a) => Ok(needs(
+            "needs-network",
+            &a.device,
+            nbde_unlock::boot::needs_network,
+        )),
+        Command::NeedsTpm2(a) => Ok(needs(
+            "needs-tpm2",
+            &a.device,
+            nbde_unlock::boot::needs_tpm2,
+        )),
         Command::Mode(a) => mode::mode(a),
         Command::Header(a) => mode::header(a),
     }
@@ -166,19 +175,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// Answers by exit code alone: 0 yes, 1 no, 2 no answer (usage, or a device that cannot be
 /// read); the reason for a 2 goes to standard error.
-fn needs_network(a: args::NeedsNetworkArgs) -> ExitCode {
-    if a.device.is_empty() {
-        eprintln!(
-            "{}: needs-network: give at least one -d DEVICE",
-            program_name()
-        );
+fn needs(
+    verb: &str,
+    devices: &[std::path::PathBuf],
+    answer: fn(&[std::path::PathBuf]) -> Result<bool>,
+) -> ExitCode {
+    if devices.is_empty() {
+        eprintln!("{}: {verb}: give at least one -d DEVICE", program_name());
         return ExitCode::from(2);
     }
-    match nbde_unlock::boot::needs_network(&a.device) {
+    match answer(devices) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("{}: needs-network: {e}", program_name());
+            eprintln!("{}: {verb}: {e}", program_name());
             ExitCode::from(2)
         }
     }
