@@ -19,10 +19,14 @@ UUID = "6e6b6465-0000-4000-8000-000000000001"
 # same one), and scenarios running side by side ask for their images at once.
 IMAGE_BUILD = threading.Lock()
 
+# libtss2-esys: what nbde-tpm2 links (the integrations put it in the image only where a
+# binding uses the tpm2 pin).
 PACKAGES = {
     "dracut": ["dracut", "dracut-network", "cryptsetup", "systemd", "systemd-sysv", "iproute2",
-               "dbus", "procps", "netbase", "linux-image-amd64", "libcryptsetup12"],
-    "initramfs-tools": ["linux-image-amd64", "cryptsetup-initramfs", "busybox", "libcryptsetup12"],
+               "dbus", "procps", "netbase", "linux-image-amd64", "libcryptsetup12",
+               "libtss2-esys-3.0.2-0"],
+    "initramfs-tools": ["linux-image-amd64", "cryptsetup-initramfs", "busybox", "libcryptsetup12",
+                        "libtss2-esys-3.0.2-0"],
 }
 
 
@@ -130,15 +134,17 @@ def fill_chroot(name, packages, path):
 TOKEN_DIR = "usr/lib/x86_64-linux-gnu/cryptsetup"
 
 
-def install_ours(root, name, unlock, plugin=None):
-    """Our binary (the nbde-unlock at path `unlock`), the token plugin when given (else
-    none: the chroot is shared), and integration files, fresh for each image."""
+def install_ours(root, name, unlock, plugin=None, tpm2=None):
+    """Our binary (the nbde-unlock at path `unlock`), the token plugin and the tpm2 pin's
+    nbde-tpm2 when given (else none: the chroot is shared), and integration files, fresh
+    for each image."""
     shutil.copy(unlock, os.path.join(root, "usr/bin/nbde-unlock"))
-    installed = os.path.join(root, TOKEN_DIR, "libcryptsetup-token-clevis.so")
-    if plugin:
-        shutil.copy(plugin, installed)
-    elif os.path.exists(installed):
-        os.remove(installed)
+    for given, path in [(plugin, os.path.join(root, TOKEN_DIR, "libcryptsetup-token-clevis.so")),
+                        (tpm2, os.path.join(root, "usr/bin/nbde-tpm2"))]:
+        if given:
+            shutil.copy(given, path)
+        elif os.path.exists(path):
+            os.remove(path)
     if name == "dracut":
         dest = os.path.join(root, "usr/lib/dracut/modules.d/90nbde-unlock")
         shutil.rmtree(dest, ignore_errors=True)
@@ -155,8 +161,9 @@ class ChrootGenerator:
     """`dracut`, `initramfs-tools`, or `dracut-token`: dracut with the token plugin
     installed, where systemd-cryptsetup opens the tokens itself and no agent runs."""
 
-    def __init__(self, name, kdir, build, unlock, plugin=None):
+    def __init__(self, name, kdir, build, unlock, plugin=None, tpm2=None):
         self.name = name
+        self.tpm2 = tpm2
         self.chroot = "dracut" if name == "dracut-token" else name
         self.plugin = plugin if name == "dracut-token" else None
         self.build = build
@@ -178,7 +185,7 @@ class ChrootGenerator:
 
     def _build(self):
         root = chroot(self.chroot)
-        install_ours(root, self.chroot, self.unlock, self.plugin)
+        install_ours(root, self.chroot, self.unlock, self.plugin, self.tpm2)
         out = f"/boot/initrd.nbde-{self.name}"
         if self.chroot == "dracut":
             in_chroot(root, f"dracut --force --no-hostonly --add nbde-unlock --kver {self.kver} {out} 2>/dev/null")
@@ -190,12 +197,19 @@ class ChrootGenerator:
                 raise AssertionError(f"{self.name} image: token plugin {has_plugin}, agent {has_agent}")
         else:
             in_chroot(root, f"mkinitramfs -o {out} {self.kver} 2>/dev/null")
+            listing = subprocess.run(["chroot", root, "lsinitramfs", out], capture_output=True,
+                                     text=True, check=True).stdout
+        # Not host-only, or no device to read here: with nbde-tpm2 installed the image
+        # carries the tpm2 pin, and without it nothing of the TSS.
+        for part in ["nbde-tpm2", "libtss2-esys.so", "libtss2-tcti-device.so"]:
+            if (part in listing) != bool(self.tpm2):
+                raise AssertionError(f"{self.name} image: {part} {'missing' if self.tpm2 else 'present'}")
         self.path = os.path.join(self.build, f"initrd-{self.name}")
         shutil.copy(root + out, self.path)
         return self.path
 
 
-def generator(name, kdir, build, unlock, plugin):
+def generator(name, kdir, build, unlock, plugin, tpm2=None):
     if name not in [*PACKAGES, "dracut-token"]:
         raise SystemExit(f"unknown generator {name!r}: minimal, dracut, dracut-token or initramfs-tools")
-    return ChrootGenerator(name, kdir, build, unlock, plugin)
+    return ChrootGenerator(name, kdir, build, unlock, plugin, tpm2)

@@ -210,10 +210,11 @@ qemu_copy_tpm2() {
     done
 }
 
-# qemu_minimal_initrd OUT KERNEL_DIR: the hand-built initramfs of standalone mode —
-# busybox, the release nbde-unlock, QEMU_MODULES, and qemu/minimal-init as /init.
+# qemu_minimal_initrd OUT KERNEL_DIR [NBDE_TPM2]: the hand-built initramfs of standalone
+# mode — busybox, the release nbde-unlock, QEMU_MODULES, qemu/minimal-init as /init, and the
+# tpm2 pin (nbde-tpm2 and the TSS) when its path is given.
 qemu_minimal_initrd() {
-    local out=$1 kdir=$2 kver release root m deps path
+    local out=$1 kdir=$2 tpm2=${3-} kver release root m deps path
     kver=$(cat "$kdir/version") && release=$(qemu_release_dir) || return 1
     root=$(mktemp -d)
     mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,run,newroot,lib/modules/"$kver"}
@@ -223,8 +224,8 @@ qemu_minimal_initrd() {
         ln -sf busybox "$root/bin/$applet"
     done
     qemu_copy_binary "$root" "$release/nbde-unlock" || { rm -rf "$root"; return 1; }
-    if [ -x "$release/nbde-tpm2" ]; then
-        qemu_copy_tpm2 "$root" "$release/nbde-tpm2" || { rm -rf "$root"; return 1; }
+    if [ -n "$tpm2" ]; then
+        qemu_copy_tpm2 "$root" "$tpm2" || { rm -rf "$root"; return 1; }
     fi
     for m in $QEMU_MODULES; do
         # An image without a module it needs would only fail much later, in the guest.

@@ -276,16 +276,17 @@ class Minimal(Generator):
     # for a sovereign volume.
     prompt = r"Passphrase for /dev/\S+"
 
-    def __init__(self, kdir, build):
+    def __init__(self, kdir, build, tpm2=None):
         self.kdir = kdir
         self.build = build
+        self.tpm2 = tpm2
         self.path = None
 
     def initrd(self):
         with chroots.IMAGE_BUILD:
             if not self.path:
                 path = os.path.join(self.build, "minimal-initrd.gz")
-                lib(f"qemu_minimal_initrd '{path}' '{self.kdir}'")
+                lib(f"qemu_minimal_initrd '{path}' '{self.kdir}' '{self.tpm2 or ''}'")
                 self.path = path
         return self.path
 
@@ -672,14 +673,14 @@ ONLY_ON = {
     "sovereign": {"minimal", "dracut"},
     "managed-user": {"minimal", "dracut"},
     "https-wrong-clock": {"minimal", "dracut", "dracut-token"},
-    "tpm2-sss": {"minimal"},
+    "tpm2-sss": {"minimal", "dracut-token", "initramfs-tools"},
 }
 
 # A generator that proves one way among others runs only what shows that way: dracut with
 # the token plugin (systemd-cryptsetup opens the token, no agent) unlocks, falls back to the
 # typed passphrase when refused, and unlocks over HTTPS.
 SCENARIOS_OF = {
-    "dracut-token": {"allowed", "refused-typed", "https", "https-wrong-clock"},
+    "dracut-token": {"allowed", "refused-typed", "https", "https-wrong-clock", "tpm2-sss"},
 }
 
 
@@ -710,9 +711,9 @@ def main():
     generators = []
     for name in args.generator.split(","):
         if name == "minimal":
-            generators.append(Minimal(kdir, build_dir))
+            generators.append(Minimal(kdir, build_dir, TPM2))
         else:
-            generators.append(chroots.generator(name, kdir, build_dir, UNLOCK, PLUGIN))
+            generators.append(chroots.generator(name, kdir, build_dir, UNLOCK, PLUGIN, TPM2))
     runs = [(gen, name) for gen in generators for name in args.scenario or list(SCENARIOS)
             if args.scenario or (gen.name in ONLY_ON.get(name, {gen.name})
                                  and name in SCENARIOS_OF.get(gen.name, {name}))]

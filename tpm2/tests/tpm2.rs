@@ -1,4 +1,5 @@
-//! The tpm2 pin against a software TPM (swtpm) and the stock tools: stock `clevis encrypt
+//! The tpm2 pin against a software TPM (swtpm) and the stock tools, through nbde-unlock
+//! (which runs this package's nbde-tpm2 from beside itself): stock `clevis encrypt
 //! tpm2` read by nbde-unlock and the reverse, alone and as an sss child beside a stock
 //! tangd; a PCR-bound binding refused once its PCR moves; a missing TPM named; a LUKS2
 //! volume bound to sss(tang, tpm2) opened; and how `mode` counts each binding.
