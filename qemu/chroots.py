@@ -19,14 +19,14 @@ UUID = "6e6b6465-0000-4000-8000-000000000001"
 # same one), and scenarios running side by side ask for their images at once.
 IMAGE_BUILD = threading.Lock()
 
-# libtss2-esys: what nbde-tpm2 links (the integrations put it in the image only where a
-# binding uses the tpm2 pin).
+# libtss2-esys and -tctildr: what nbde-tpm2 links (the integrations put them in the image
+# only where a binding uses the tpm2 pin).
 PACKAGES = {
     "dracut": ["dracut", "dracut-network", "cryptsetup", "systemd", "systemd-sysv", "iproute2",
                "dbus", "procps", "netbase", "linux-image-amd64", "libcryptsetup12",
-               "libtss2-esys-3.0.2-0"],
+               "libtss2-esys-3.0.2-0", "libtss2-tctildr0"],
     "initramfs-tools": ["linux-image-amd64", "cryptsetup-initramfs", "busybox", "libcryptsetup12",
-                        "libtss2-esys-3.0.2-0"],
+                        "libtss2-esys-3.0.2-0", "libtss2-tctildr0"],
 }
 
 
@@ -201,7 +201,7 @@ class ChrootGenerator:
                                      text=True, check=True).stdout
         # Not host-only, or no device to read here: with nbde-tpm2 installed the image
         # carries the tpm2 pin, and without it nothing of the TSS.
-        for part in ["nbde-tpm2", "libtss2-esys.so", "libtss2-tcti-device.so"]:
+        for part in ["nbde-tpm2", "libtss2-esys.so", "libtss2-tctildr.so", "libtss2-tcti-device.so"]:
             if (part in listing) != bool(self.tpm2):
                 raise AssertionError(f"{self.name} image: {part} {'missing' if self.tpm2 else 'present'}")
         self.path = os.path.join(self.build, f"initrd-{self.name}")

@@ -237,9 +237,10 @@ class Swtpm:
             if time.monotonic() > deadline:
                 raise AssertionError("swtpm made no control socket")
             time.sleep(0.02)
-        # With -kernel and -initrd, QEMU 7.2 loads the initrd over the top of RAM where
-        # SeaBIOS put the ACPI tables and the TPM's event log, so the guest finds no TPM
-        # in ACPI: the guest probes the TIS at its fixed address instead (TPM_APPEND).
+        # With -kernel and -initrd, QEMU 7.2 keeps 160 KiB at the top of RAM for SeaBIOS's
+        # tables, but with a TPM they take more (its event log), and the initrd overwrites
+        # the ACPI tables: the guest probes the TIS at its fixed address (TPM_APPEND), and
+        # a NIC gets its path name (enp0s3), not the slot name ACPI would give (ens3).
         return ["-chardev", f"socket,id=chrtpm,path={self.socket}",
                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
 
@@ -632,9 +633,11 @@ def tpm2_sss(gen, kdir, work):
         image = os.path.join(work, "tpm2.img")
         config = {"t": 2, "pins": {"tang": [device_config(server, work, "tpm2")], "tpm2": {}}}
         bind(image, ("sss", config), work, "tpm2", env=tpm.for_host())
+        # initramfs-tools names its NIC; without ACPI it is enp0s3 (see Swtpm.for_guest).
+        append = TPM_APPEND + (" ip=:::::enp0s3:dhcp" if gen.name == "initramfs-tools" else "")
         qemu_tpm = tpm.for_guest()
         t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-tpm2",
-                     [("root", "NBDE-ROOT-MOUNTED")], qemu_args=qemu_tpm, append=TPM_APPEND)
+                     [("root", "NBDE-ROOT-MOUNTED")], qemu_args=qemu_tpm, append=append)
         assert server.history("ci/tpm2")[0]["decision"] == "allowed"
         server.admin("device", "disable", "ci/tpm2")
         qemu_tpm = tpm.for_guest()
@@ -642,7 +645,7 @@ def tpm2_sss(gen, kdir, work):
                      [("refused", r"refused by policy \(disabled\)"), ("typed", ""),
                       ("root", "NBDE-ROOT-MOUNTED")],
                      actions={"typed": (gen.prompt, lambda b: b.type(PASSPHRASE))},
-                     qemu_args=qemu_tpm, append=TPM_APPEND)
+                     qemu_args=qemu_tpm, append=append)
         assert server.history("ci/tpm2")[0]["decision"] == "disabled"
         return (f"TPM and server: root at {t['root']:.1f} s; server refusing: typed passphrase, "
                 f"root at {r['root']:.1f} s")
