@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::jwk::Jwk;
+use crate::jwk::{Jwk, ThumbprintHash};
 use crate::jws::Jws;
 
 /// The key set of an advertisement (the JWS payload), as stored in a Clevis JWE header.
@@ -69,9 +69,11 @@ impl KeySet {
         self.keys.iter().find(|k| k.matches_thumbprint(thp))
     }
 
-    /// Whether one of the signing keys has the thumbprint `thp` (the `thp` a user trusts).
+    /// Whether one of the signing keys has the thumbprint `thp` (the `thp` a user trusts),
+    /// taken with a hash clevis accepts there (S1 or S256).
     pub fn is_signed_with_thumbprint(&self, thp: &str) -> bool {
-        self.signing_keys().any(|k| k.matches_thumbprint(thp))
+        self.signing_keys()
+            .any(|k| k.matches_thumbprint_of(thp, &ThumbprintHash::CLEVIS_TRUSTED))
     }
 
     pub fn to_value(&self) -> Value {
@@ -88,7 +90,6 @@ impl KeySet {
 mod tests {
     use super::*;
     use crate::curve::Curve;
-    use crate::jwk::ThumbprintHash;
     use serde_json::json;
 
     fn key(ops: &[&str]) -> Jwk {
@@ -119,6 +120,17 @@ mod tests {
         let exc_thp = exc.thumbprint(ThumbprintHash::S1).unwrap();
         assert!(!set.is_signed_with_thumbprint(&exc_thp));
         assert!(set.find(&exc_thp).is_some());
+        // clevis trusts a thp taken with S1 or S256 only, though a server finds keys by any.
+        assert!(set.is_signed_with_thumbprint(&sig_a.thumbprint(ThumbprintHash::S1).unwrap()));
+        for hash in [
+            ThumbprintHash::S224,
+            ThumbprintHash::S384,
+            ThumbprintHash::S512,
+        ] {
+            let thp = sig_a.thumbprint(hash).unwrap();
+            assert!(!set.is_signed_with_thumbprint(&thp), "{hash:?}");
+            assert!(set.find(&thp).is_some(), "{hash:?}");
+        }
 
         let missing_one = adv(&[&sig_a], &[&sig_a, &sig_b, &exc]);
         assert_eq!(

@@ -43,6 +43,10 @@ impl ThumbprintHash {
         ThumbprintHash::S512,
     ];
 
+    /// The hashes clevis accepts for a `thp` a user trusts (`CLEVIS_SUPPORTED_THP_ALGS`):
+    /// a tang server finds a key by any hash, but clevis refuses the others at encrypt.
+    pub const CLEVIS_TRUSTED: [ThumbprintHash; 2] = [ThumbprintHash::S1, ThumbprintHash::S256];
+
     fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
             ThumbprintHash::S1 => Sha1::digest(data).to_vec(),
@@ -203,12 +207,20 @@ impl Jwk {
 
     /// Whether `thp` is this key's thumbprint in any of the accepted hashes.
     pub fn matches_thumbprint(&self, thp: &str) -> bool {
+        self.matches_thumbprint_of(thp, &ThumbprintHash::ALL)
+    }
+
+    /// Whether `thp` is this key's thumbprint under one of `hashes`.
+    pub fn matches_thumbprint_of(&self, thp: &str, hashes: &[ThumbprintHash]) -> bool {
         let Ok(digest) = b64::decode(thp, "thumbprint") else {
             return false;
         };
         let Some(hash) = ThumbprintHash::for_digest_len(digest.len()) else {
             return false;
         };
+        if !hashes.contains(&hash) {
+            return false;
+        }
         match self.thumbprint_input() {
             Ok(input) => hash.digest(input.as_bytes()) == digest,
             Err(_) => false,

@@ -96,9 +96,9 @@ fn trusted_keys(config: &Config, client: &Client, ctx: &Context) -> Result<KeySe
     let keys = KeySet::from_verified_adv(&jws).map_err(Error::proto("advertisement"))?;
     let vouched_by_known_key = |thp: &str| {
         config.trusted_keys.as_ref().is_some_and(|known| {
-            known
-                .signing_keys()
-                .any(|k| k.matches_thumbprint(thp) && jws.is_signed_by(k))
+            known.signing_keys().any(|k| {
+                k.matches_thumbprint_of(thp, &ThumbprintHash::CLEVIS_TRUSTED) && jws.is_signed_by(k)
+            })
         })
     };
     match config.thp {
