@@ -295,7 +295,12 @@ pub async fn device_rec(
     let mut exchanged: Option<Result<Vec<u8>, ApiError>> = None;
     for _ in 0..3 {
         let id = device.id;
-        let snapshot = match blocking(&state, move |s| Ok(s.store.snapshot(id)?)).await {
+        let snapshot = if state.store.snapshot_is_local() {
+            state.store.snapshot(id).map_err(ApiError::from)
+        } else {
+            blocking(&state, move |s| Ok(s.store.snapshot(id)?)).await
+        };
+        let snapshot = match snapshot {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => {
                 return finish(

@@ -294,6 +294,12 @@ pub trait Audit {
 pub trait Rec {
     /// Everything the policy needs about device `device_id`, read in one go.
     fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>>;
+    /// Whether `snapshot` reads a local file (no network round trip, never waits behind a
+    /// commit): then it runs on the request's thread instead of a blocking-pool hop, which
+    /// costs more than the read.
+    fn snapshot_is_local(&self) -> bool {
+        false
+    }
     /// Applies the effect and writes the history row together.
     fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied>;
     /// `apply_effect`; false if the effect's guard failed (another request won the race).
