@@ -112,9 +112,8 @@ impl Rec for Postgres {
         // One statement is one snapshot of the database (READ COMMITTED takes it per
         // statement), and `query_typed` sends it unprepared in a single round trip: the
         // separate queries of a transaction cost a dozen round trips per recovery.
-        let row = self.with(|c| {
-            c.query_typed_opt(&SNAPSHOT, &[(&device_id, postgres::types::Type::INT8)])
-        })?;
+        let row = self
+            .with(|c| c.query_typed_opt(&SNAPSHOT, &[(&device_id, postgres::types::Type::INT8)]))?;
         let Some(row) = row else {
             return Ok(None);
         };
