@@ -26,12 +26,13 @@ def guest_url(index=0, scheme="http"):
 
 class Boot:
     """`forwards`: host loopback ports, the i-th reached by the guest at 10.0.2.10i:80, or
-    (guest port, host port) pairs. `qemu_args`: more of QEMU's own (`-rtc base=…`)."""
+    (guest port, host port) pairs; None: the guest has no network device at all.
+    `qemu_args`: more of QEMU's own (`-rtc base=…`)."""
 
     def __init__(self, kernel, initrd, disk, append, forwards, log_path, memory=1024, cpus=1,
                  qemu_args=()):
         netdev = "user,id=n0,restrict=on"
-        for i, forward in enumerate(forwards):
+        for i, forward in enumerate(forwards or []):
             guest_port, port = forward if isinstance(forward, tuple) else (80, forward)
             netdev += (f",guestfwd=tcp:{GUEST_SERVER_BASE}{i}:{guest_port}"
                        f"-cmd:socat STDIO TCP:127.0.0.1:{port}")
@@ -41,7 +42,9 @@ class Boot:
             "-kernel", kernel, "-initrd", initrd,
             "-append", f"console=ttyS0 panic=-1 {append}",
             "-drive", f"file={disk},if=virtio,format=raw",
-            "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0", *qemu_args,
+            *(["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"]
+              if forwards is not None else ["-nic", "none"]),
+            *qemu_args,
         ]
         self.log_path = log_path
         self.lines = []

@@ -395,6 +395,24 @@ def refused_typed(gen, kdir, work):
         server.stop()
 
 
+def no_network(gen, kdir, work):
+    """A guest with no network device at all: the passphrase prompt comes at once (not after
+    the generator's wait for a network that never appears), typing it mounts the root."""
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "offline.img")
+        bind(image, ("tang", device_config(server, work, "offline")), work, "offline")
+        t = run_boot(gen, kdir, work, image, None, f"{gen.name}-no-network",
+                     [("typed", ""), ("root", "NBDE-ROOT-MOUNTED")],
+                     actions={"typed": (gen.prompt, lambda b: b.type(PASSPHRASE))})
+        # initramfs-tools waited 180 s for the interface named in ip= before its prompt.
+        assert t["typed"] < 60, f"prompt only at {t['typed']:.1f} s"
+        assert server.history("ci/offline") == [], "a request reached the server"
+        return f"no network device: prompt at {t['typed']:.1f} s, typed, root at {t['root']:.1f} s"
+    finally:
+        server.stop()
+
+
 def approval(gen, kdir, work):
     server = Server(work).start()
     try:
@@ -658,6 +676,7 @@ SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
     "refused-typed": refused_typed,
+    "no-network": no_network,
     "approval": approval,
     "approval-browser": approval_browser,
     "stock-tangd": stock_tangd,
@@ -677,6 +696,7 @@ ONLY_ON = {
     "managed-user": {"minimal", "dracut"},
     "https-wrong-clock": {"minimal", "dracut", "dracut-token"},
     "tpm2-sss": {"minimal", "dracut-token", "initramfs-tools"},
+    "no-network": {"minimal", "initramfs-tools"},
 }
 
 # A generator that proves one way among others runs only what shows that way: dracut with
