@@ -138,15 +138,16 @@ impl Sqlite {
 
     /// Runs `f` on the shared connection.
     fn locked<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-        f(&mut conn)
+        f(&mut *lock(&self.conn)?)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
         self.try_with(f)?.map_err(unavailable)
+    }
+
+    /// Runs `f` on the `/rec` snapshot's reader connection.
+    fn reading<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        f(&mut *lock(&self.reader)?).map_err(unavailable)
     }
 
     fn org_id_of(&self, name: &str) -> Result<i64> {
@@ -172,6 +173,11 @@ impl Sqlite {
         })?
         .ok_or_else(|| StoreError::NotFound(format!("device {org}/{name}")))
     }
+}
+
+fn lock(conn: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>> {
+    conn.lock()
+        .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))
 }
 
 /// Reads a column of text rows.

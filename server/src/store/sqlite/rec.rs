@@ -9,7 +9,7 @@ use crate::api::HistoryEntry;
 use crate::net::Cidr;
 use crate::policy::{DeviceState, Effect, RequestState, RequestView, Snapshot};
 use crate::store::history::{Entry, HistorySink};
-use crate::store::{Applied, Rec, Result, StoreError, now};
+use crate::store::{Applied, Rec, Result, now};
 
 const INSERT_HISTORY: &str = "INSERT INTO history (at, org, device, peer, kid, decision, reason)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -41,12 +41,8 @@ impl HistorySink for SqliteHistory {
 
 impl Rec for Sqlite {
     fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>> {
-        let mut reader = self
-            .reader
-            .lock()
-            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-        let mut read = || -> rusqlite::Result<Option<Snapshot>> {
-            let tx = reader.transaction()?;
+        self.reading(|c| {
+            let tx = c.transaction()?;
             let row = tx
                 .prepare_cached(
                     "SELECT d.state, o.require_source FROM devices d JOIN orgs o ON o.id = d.org_id
@@ -107,8 +103,7 @@ impl Rec for Sqlite {
                 latest_request,
                 now: now(),
             }))
-        };
-        read().map_err(unavailable)
+        })
     }
 
     fn snapshot_is_local(&self) -> bool {
