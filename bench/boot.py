@@ -39,27 +39,22 @@ def argon_image(path, keyfile):
                     "--pbkdf", "argon2id", "--pbkdf-memory", "262144", path], check=True)
 
 
-def build(root, name, kver, out, with_ours, add="", plugin=None, floor=False):
-    """An image of generator `name`: with our module (and the token plugin, if given) or
-    without; `floor`: initramfs-tools without the root's crypttab entry, whose cryptroot
-    would otherwise wait for a LUKS device the unencrypted floor does not have."""
-    if with_ours:
-        chroots.install_ours(root, name, scenarios.UNLOCK, plugin)
+def build(root, name, kver, out, ours=None, add="", floor=False):
+    """An image of generator `name`: with our packages installed (`ours`: "agent" or
+    "plugin", the way dracut opens tokens) or purged; `floor`: initramfs-tools without the
+    root's crypttab entry, whose cryptroot would otherwise wait for a LUKS device the
+    unencrypted floor does not have."""
+    if ours:
+        plugin = ["nbde-token-clevis"] if ours == "plugin" else []
+        chroots.install_ours(root, scenarios.DEBS, ["nbde-unlock", *plugin])
     else:
-        installed = os.path.join(root, chroots.TOKEN_DIR, "libcryptsetup-token-clevis.so")
-        if os.path.exists(installed):
-            os.remove(installed)
+        chroots.remove_ours(root)
     if name == "dracut":
         # Non-hostonly dracut takes every module whose check passes: leave ours out of the
         # images that are not about it.
-        add = "--add nbde-unlock" if with_ours else f"{add} --omit nbde-unlock"
+        add = "" if ours else f"{add} --omit nbde-unlock"
         chroots.in_chroot(root, f"dracut --force --no-hostonly {add} --kver {kver} /boot/bench.img 2>/dev/null")
     else:
-        if not with_ours:
-            for sub in ["hooks", "scripts/local-top", "scripts/local-bottom"]:
-                path = os.path.join(root, "etc/initramfs-tools", sub, "nbde-unlock")
-                if os.path.exists(path):
-                    os.remove(path)
         crypttab = os.path.join(root, "etc/crypttab")
         if floor:
             os.rename(crypttab, crypttab + ".bench")
@@ -92,7 +87,7 @@ def bound_root(work, name, keyfile, config, stock):
 
 
 def main():
-    scenarios.build("nbde-unlock", "nbde-token-clevis")
+    scenarios.build()
     kdir = scenarios.kernel()
     kver = open(os.path.join(kdir, "version")).read().strip()
     work = tempfile.mkdtemp(prefix="nbde-bootbench-")
@@ -123,7 +118,7 @@ def main():
         measure("minimal", "nbde-unlock", minimal.initrd(), bound_root(work, "minimal", keyfile, config, False),
                 minimal.append, None)
         for name in ["dracut", "initramfs-tools"]:
-            gen = chroots.ChrootGenerator(name, kdir, work, scenarios.UNLOCK)
+            gen = chroots.ChrootGenerator(name, kdir, work, scenarios.DEBS)
             # Stock clevis: its own chroot (our files absent), bound by stock clevis.
             saved = chroots.PACKAGES[name]
             chroots.PACKAGES[name] = saved + CLEVIS[name]
@@ -134,13 +129,13 @@ def main():
             floor = os.path.join(work, f"{name}-floor.img")
             images = [("stock clevis", os.path.join(work, f"{name}-clevis.img"), True),
                       ("nbde-unlock", os.path.join(work, f"{name}-nbde.img"), False)]
-            build(plain_root, name, kver, base, with_ours=False)
-            build(plain_root, name, kver, floor, with_ours=False, floor=True)
-            build(stock_root, name, kver, images[0][1], with_ours=False, add="--add clevis")
-            build(plain_root, name, kver, images[1][1], with_ours=True)
+            build(plain_root, name, kver, base)
+            build(plain_root, name, kver, floor, floor=True)
+            build(stock_root, name, kver, images[0][1], add="--add clevis")
+            build(plain_root, name, kver, images[1][1], ours="agent")
             if name == "dracut":
                 images.append(("nbde token plugin", os.path.join(work, f"{name}-token.img"), False))
-                build(plain_root, name, kver, images[2][1], with_ours=True, plugin=scenarios.PLUGIN)
+                build(plain_root, name, kver, images[2][1], ours="plugin")
             measure(name, FLOOR, floor, plain, "root=/dev/vda rw", 0)
             for unlocker, initrd, stock in images:
                 image = bound_root(work, name, keyfile, config, stock)

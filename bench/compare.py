@@ -14,7 +14,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "nbde-unlock")
+# nbde-unlock as it ships (packages, images): the release-small profile.
+BIN = os.path.join(ROOT, "target", "release-small", "nbde-unlock")
 
 
 def free_port():
@@ -57,7 +58,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--profile", "release-small", "--locked", "-q", "-p", "nbde-unlock",
+                    "--bin", "nbde-unlock"], cwd=ROOT, check=True)
 
     work = tempfile.mkdtemp()
     procs = []

@@ -1,6 +1,6 @@
 """Real initramfs generators in Debian chroots: dracut (systemd initrd) and initramfs-tools
 (cryptroot). Chroots are made by debootstrap and cached in $NBDE_CACHE, rebuilt when their
-package list changes; our module files and binary are copied in fresh for every image.
+package list changes; our Debian packages are installed into them with dpkg for every image.
 Chroot commands run inside `unshare --mount`, so nothing stays mounted on the host.
 """
 import fcntl
@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -132,42 +133,56 @@ def fill_chroot(name, packages, path):
 
 
 TOKEN_DIR = "usr/lib/x86_64-linux-gnu/cryptsetup"
+OURS = ["nbde-unlock", "nbde-token-clevis", "nbde-tpm2"]
 
 
-def install_ours(root, name, unlock, plugin=None, tpm2=None):
-    """Our binary (the nbde-unlock at path `unlock`), the token plugin and the tpm2 pin's
-    nbde-tpm2 when given (else none: the chroot is shared), and integration files, fresh
-    for each image."""
-    shutil.copy(unlock, os.path.join(root, "usr/bin/nbde-unlock"))
-    for given, path in [(plugin, os.path.join(root, TOKEN_DIR, "libcryptsetup-token-clevis.so")),
-                        (tpm2, os.path.join(root, "usr/bin/nbde-tpm2"))]:
-        if given:
-            shutil.copy(given, path)
-        elif os.path.exists(path):
+def install_ours(root, debs, packages):
+    """Installs our Debian packages named in `packages` into the chroot with dpkg, as a
+    user would, and purges the others of ours (the chroot is shared): nbde-unlock (the
+    binary, the dracut module, the initramfs-tools hook), nbde-token-clevis (the token
+    plugin: with it dracut images open tokens through systemd-cryptsetup, without it they
+    run the agent), nbde-tpm2. On initramfs-tools the install itself rebuilds the image
+    (the package's update-initramfs trigger). `debs` maps package names to .deb paths."""
+    # Files copied in by hand before there were packages (cached chroots): the ones in /etc
+    # would shadow the packaged hook and scripts, the others the purges.
+    for sub in ["hooks", "scripts/local-top", "scripts/local-bottom"]:
+        stale = os.path.join(root, "etc/initramfs-tools", sub, "nbde-unlock")
+        if os.path.exists(stale):
+            os.remove(stale)
+    unwanted = [p for p in OURS if p not in packages]
+    for stray in ["usr/bin/nbde-tpm2", os.path.join(TOKEN_DIR, "libcryptsetup-token-clevis.so")]:
+        path = os.path.join(root, stray)
+        owned = subprocess.run(["chroot", root, "dpkg", "-S", "/" + stray], capture_output=True).returncode == 0
+        if os.path.exists(path) and not owned:
             os.remove(path)
-    if name == "dracut":
-        dest = os.path.join(root, "usr/lib/dracut/modules.d/90nbde-unlock")
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(os.path.join(REPO, "dracut/90nbde-unlock"), dest)
-    else:
-        for sub in ["hooks", "scripts/local-top", "scripts/local-bottom"]:
-            src = os.path.join(REPO, "initramfs-tools", sub, "nbde-unlock")
-            dest = os.path.join(root, "etc/initramfs-tools", sub)
-            os.makedirs(dest, exist_ok=True)
-            shutil.copy(src, os.path.join(dest, "nbde-unlock"))
+    stage = os.path.join(root, "tmp/nbde-debs")
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    for name in packages:
+        shutil.copy(debs[name], stage)
+    purge = f"dpkg --purge {' '.join(unwanted)} >/dev/null; " if unwanted else ""
+    in_chroot(root, f"{purge}dpkg -i /tmp/nbde-debs/*.deb >/dev/null 2>&1 || dpkg -i /tmp/nbde-debs/*.deb")
+    shutil.rmtree(stage)
+
+
+def remove_ours(root):
+    """Purges our packages (for images that are not about them)."""
+    in_chroot(root, "dpkg --purge " + " ".join(OURS) + " >/dev/null")
 
 
 class ChrootGenerator:
     """`dracut`, `initramfs-tools`, or `dracut-token`: dracut with the token plugin
     installed, where systemd-cryptsetup opens the tokens itself and no agent runs."""
 
-    def __init__(self, name, kdir, build, unlock, plugin=None, tpm2=None):
+    def __init__(self, name, kdir, build, debs, tpm2=True):
         self.name = name
         self.tpm2 = tpm2
         self.chroot = "dracut" if name == "dracut-token" else name
-        self.plugin = plugin if name == "dracut-token" else None
+        # The dracut image uses the token plugin where it is installed, else the agent.
+        self.packages = ["nbde-unlock"] + (["nbde-token-clevis"] if name == "dracut-token" else []) \
+            + (["nbde-tpm2"] if tpm2 else [])
         self.build = build
-        self.unlock = unlock
+        self.debs = debs
         self.kver = open(os.path.join(kdir, "version")).read().strip()
         self.path = None
         if self.chroot == "dracut":
@@ -185,20 +200,29 @@ class ChrootGenerator:
 
     def _build(self):
         root = chroot(self.chroot)
-        install_ours(root, self.chroot, self.unlock, self.plugin, self.tpm2)
-        out = f"/boot/initrd.nbde-{self.name}"
+        started = time.time()
+        install_ours(root, self.debs, self.packages)
         if self.chroot == "dracut":
-            in_chroot(root, f"dracut --force --no-hostonly --add nbde-unlock --kver {self.kver} {out} 2>/dev/null")
+            # What a user runs after installing: `dracut -f` (here not host-only, as the
+            # chroot is not the machine). The module is taken without --add.
+            out = f"/boot/initrd.img-{self.kver}"
+            in_chroot(root, f"dracut --force --no-hostonly --kver {self.kver} {out} 2>/dev/null")
             listing = subprocess.run(["chroot", root, "lsinitrd", out], capture_output=True, text=True,
                                      check=True).stdout
             has_plugin = "libcryptsetup-token-clevis.so" in listing
             has_agent = "nbde-unlock-agent.service" in listing
-            if (has_plugin, has_agent) != (bool(self.plugin), not self.plugin):
+            plugin = "nbde-token-clevis" in self.packages
+            if (has_plugin, has_agent) != (plugin, not plugin):
                 raise AssertionError(f"{self.name} image: token plugin {has_plugin}, agent {has_agent}")
         else:
-            in_chroot(root, f"mkinitramfs -o {out} {self.kver} 2>/dev/null")
+            # The package's trigger rebuilt the image during the install: nothing else to run.
+            out = f"/boot/initrd.img-{self.kver}"
+            if os.path.getmtime(root + out) < started:
+                raise AssertionError(f"installing nbde-unlock did not rebuild {out}")
             listing = subprocess.run(["chroot", root, "lsinitramfs", out], capture_output=True,
                                      text=True, check=True).stdout
+            if "usr/bin/nbde-unlock" not in listing:
+                raise AssertionError(f"{out}: no nbde-unlock in the image the install rebuilt")
         # Not host-only, or no device to read here: with nbde-tpm2 installed the image
         # carries the tpm2 pin, and without it nothing of the TSS.
         for part in ["nbde-tpm2", "libtss2-esys.so", "libtss2-tctildr.so", "libtss2-tcti-device.so"]:
@@ -209,7 +233,7 @@ class ChrootGenerator:
         return self.path
 
 
-def generator(name, kdir, build, unlock, plugin, tpm2=None):
+def generator(name, kdir, build, debs, tpm2=True):
     if name not in [*PACKAGES, "dracut-token"]:
         raise SystemExit(f"unknown generator {name!r}: minimal, dracut, dracut-token or initramfs-tools")
-    return ChrootGenerator(name, kdir, build, unlock, plugin, tpm2)
+    return ChrootGenerator(name, kdir, build, debs, tpm2)

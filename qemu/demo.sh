@@ -12,7 +12,9 @@ stamp() { printf '%8.1f s  %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$1"; }
 qemu_install_host_packages
 # Debian 12's cargo (1.63) is too old for this workspace (rust-version in Cargo.toml).
 command -v cargo >/dev/null || { echo "demo.sh: needs cargo on PATH, Rust 1.90 or newer (rustup.rs)" >&2; exit 1; }
-(cd "$REPO" && cargo build --release --locked -q -p nbde-unlock -p nbde-server)
+# nbde-unlock as it ships (small, for the initramfs), the server as it runs.
+(cd "$REPO" && cargo build --profile release-small --locked -q -p nbde-unlock --bin nbde-unlock \
+    && cargo build --release --locked -q -p nbde-server)
 release=$(qemu_release_dir)
 stamp "host packages in place; built nbde-unlock and nbde-server in $release"
 kdir=$(qemu_kernel)
@@ -25,7 +27,7 @@ cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$wor
 trap cleanup EXIT
 
 server=$release/nbde-server
-unlock=$release/nbde-unlock
+unlock=$(qemu_release_dir release-small)/nbde-unlock
 export NBDE_TOKEN
 NBDE_TOKEN=$("$server" init --data "$work/data" 2>/dev/null | tail -n 1)
 "$server" serve --data "$work/data" --listen 127.0.0.1:0 --public-url "http://10.0.2.100" \

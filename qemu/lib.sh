@@ -41,14 +41,15 @@ qemu_install_host_packages() {
     fi
 }
 
-# Where cargo puts release binaries: $CARGO_TARGET_DIR, a cargo config's build.target-dir,
-# or the workspace's target/. cargo metadata knows which. Prints that directory.
+# Where cargo puts a profile's binaries (default release; the shipped nbde-unlock is built
+# with release-small): $CARGO_TARGET_DIR, a cargo config's build.target-dir, or the
+# workspace's target/. cargo metadata knows which. Prints that directory.
 qemu_release_dir() {
-    local target
+    local target profile=${1:-release}
     target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps --offline 2>/dev/null \
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') \
         || { echo "qemu_release_dir: cargo metadata failed in $REPO" >&2; return 1; }
-    echo "$target/release"
+    echo "$target/$profile"
 }
 
 # Modules a hand-built image loads, in order (see BOOT.md).
@@ -211,11 +212,11 @@ qemu_copy_tpm2() {
 }
 
 # qemu_minimal_initrd OUT KERNEL_DIR [NBDE_TPM2]: the hand-built initramfs of standalone
-# mode — busybox, the release nbde-unlock, QEMU_MODULES, qemu/minimal-init as /init, and the
+# mode — busybox, the shipped nbde-unlock (profile release-small), QEMU_MODULES, qemu/minimal-init as /init, and the
 # tpm2 pin (nbde-tpm2 and the TSS) when its path is given.
 qemu_minimal_initrd() {
     local out=$1 kdir=$2 tpm2=${3-} kver release root m deps path
-    kver=$(cat "$kdir/version") && release=$(qemu_release_dir) || return 1
+    kver=$(cat "$kdir/version") && release=$(qemu_release_dir release-small) || return 1
     root=$(mktemp -d)
     mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,run,newroot,lib/modules/"$kver"}
     cp /bin/busybox "$root/bin/busybox"

@@ -26,8 +26,9 @@ sys.path.insert(0, HERE)
 import boot  # noqa: E402
 import chroots  # noqa: E402
 
-# The release binaries and the token plugin; build() sets them.
-SERVER = UNLOCK = PLUGIN = TPM2 = None
+# The release binaries, and our Debian packages by name; build() sets them.
+SERVER = UNLOCK = TPM2 = None
+DEBS = {}
 PASSPHRASE = "typed at the console"
 
 
@@ -47,17 +48,17 @@ def lib_path(call):
     return out
 
 
-def build(*packages):
-    """Builds release binaries and points SERVER and UNLOCK where cargo put them
-    ($CARGO_TARGET_DIR, a cargo config's build.target-dir, or target/)."""
-    global SERVER, UNLOCK, PLUGIN, TPM2
-    packages = packages or ("nbde-unlock", "nbde-server", "nbde-token-clevis", "nbde-tpm2")
-    args = [a for p in packages for a in ("-p", p)]
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", *args], cwd=REPO, check=True)
+def build():
+    """Builds the release binaries and our Debian packages (packaging/build.sh), and points
+    SERVER, UNLOCK, TPM2 and DEBS where they are ($CARGO_TARGET_DIR, a cargo config's
+    build.target-dir, or target/)."""
+    global SERVER, UNLOCK, TPM2, DEBS
+    out = subprocess.run([os.path.join(REPO, "packaging", "build.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    DEBS = {os.path.basename(path).split("_")[0]: path for path in out.split()}
     release = lib_path("qemu_release_dir")
     SERVER = os.path.join(release, "nbde-server")
-    UNLOCK = os.path.join(release, "nbde-unlock")
-    PLUGIN = os.path.join(release, "libcryptsetup_token_clevis.so")
+    UNLOCK = os.path.join(lib_path("qemu_release_dir release-small"), "nbde-unlock")
     TPM2 = os.path.join(release, "nbde-tpm2")
 
 
@@ -736,7 +737,7 @@ def main():
         if name == "minimal":
             generators.append(Minimal(kdir, build_dir, TPM2))
         else:
-            generators.append(chroots.generator(name, kdir, build_dir, UNLOCK, PLUGIN, TPM2))
+            generators.append(chroots.generator(name, kdir, build_dir, DEBS))
     runs = [(gen, name) for gen in generators for name in args.scenario or list(SCENARIOS)
             if args.scenario or (gen.name in ONLY_ON.get(name, {gen.name})
                                  and name in SCENARIOS_OF.get(gen.name, {name}))]

@@ -4,7 +4,8 @@
 # the first-run path from an empty cache (qemu/cold.sh: the demo, the kernel fill), and the
 # QEMU boot scenarios (standalone, dracut with the agent and with the token plugin,
 # initramfs-tools), two at a time.
-#   NBDE_SKIP_QEMU=1 ./tests/run.sh   skips the boots (for a quick local run)
+#   NBDE_SKIP_QEMU=1 ./tests/run.sh   skips the boots and the package installs (for a quick
+#                                     local run)
 #   NBDE_COLD=1 ./tests/run.sh        also runs the scenarios on an empty cache, so the
 #                                     chroots are made from nothing too (several minutes more)
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake clevis clevis-luks tang jose cryptsetup-bin libcryptsetup-dev clang pkg-config socat curl strace
     luksmeta keyutils sqlite3 postgresql haproxy libssl-dev chromium chromium-driver python3-selenium
-    clevis-tpm2 swtpm tpm2-tools libtss2-dev)
+    clevis-tpm2 swtpm tpm2-tools libtss2-dev lintian dpkg-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -44,5 +45,7 @@ if [ "${NBDE_SKIP_QEMU:-0}" != 1 ]; then
         export NBDE_CACHE
         trap 'rm -rf "$NBDE_CACHE"' EXIT
     fi
+    # The Debian packages: lintian, install beside stock clevis, the unit, removal, purge.
+    python3 packaging/test.py
     python3 qemu/scenarios.py --generator minimal,dracut,dracut-token,initramfs-tools
 fi

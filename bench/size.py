@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""What each build choice buys in nbde-unlock's size, and what it costs in recovery time.
+
+Builds nbde-unlock once per profile variant (each in its own target directory, so the
+variants do not rebuild each other), then, in one run against one stock tangd with P-521
+keys, prints per variant: the stripped size and the median time of `nbde-unlock decrypt`
+on a tang JWE and on an sss 1-of-2 tang JWE (the client's two P-521 multiplications plus
+process start and HTTP), against today's profile.
+
+Usage: bench/size.py [--runs N] [--only NAME,NAME]   (run as root on Debian with the
+packages tests/run.sh installs; about 3 minutes of building per variant on 2 cores).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import median_seconds, start_tangd  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = os.environ.get("NBDE_SIZE_TARGETS", os.path.join(ROOT, "target", "size"))
+
+# The crates that do the elliptic-curve arithmetic of a recovery: the one place where
+# optimizing for size costs time that a boot can see.
+CURVE_CRATES = ["p256", "p384", "p521", "primeorder", "elliptic-curve", "crypto-bigint"]
+
+
+def settings(opt, lto, cgu, panic, curves_at_3=False):
+    """`cargo --config` overrides of the release profile (values in TOML, which JSON's
+    strings, numbers and booleans are)."""
+    profile = {"opt-level": opt, "lto": lto, "codegen-units": cgu, "panic": panic}
+    config = [f"profile.release.{k}={json.dumps(v)}" for k, v in profile.items()]
+    if curves_at_3:
+        config += [f"profile.release.package.{c}.opt-level=3" for c in CURVE_CRATES]
+    return config
+
+
+# Each row changes one thing from the row before it, so its size delta is what that one
+# choice buys.
+VARIANTS = [
+    ("before: opt 3, thin LTO, 4 CGU, unwind", "before", settings(3, "thin", 4, "unwind")),
+    ("fat LTO", "fat", settings(3, True, 4, "unwind")),
+    ("+ 1 codegen unit", "cgu1", settings(3, True, 1, "unwind")),
+    ("+ panic = abort", "abort", settings(3, True, 1, "abort")),
+    ("+ opt-level s", "s", settings("s", True, 1, "abort")),
+    ("+ opt-level z", "z", settings("z", True, 1, "abort")),
+    ("opt z, curve crates at 3", "z-curves3", settings("z", True, 1, "abort", curves_at_3=True)),
+    ("opt s, curve crates at 3", "s-curves3", settings("s", True, 1, "abort", curves_at_3=True)),
+    ("opt s, curves at 3, unwind", "s-curves3-unwind", settings("s", True, 1, "unwind", curves_at_3=True)),
+]
+
+
+def build(key, config):
+    target = os.path.join(TARGETS, key)
+    cmd = ["cargo", "build", "--release", "--locked", "-q", "-p", "nbde-unlock", "--bin", "nbde-unlock"]
+    for c in config:
+        cmd += ["--config", c]
+    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=target))
+    return os.path.join(target, "release", "nbde-unlock")
+
+
+def stripped_size(binary, work):
+    copy = os.path.join(work, "stripped")
+    shutil.copy(binary, copy)
+    subprocess.run(["strip", copy], check=True)
+    return os.path.getsize(copy)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--only", help="comma-separated variant keys")
+    args = parser.parse_args()
+    variants = [v for v in VARIANTS if not args.only or v[1] in args.only.split(",")]
+    binaries = [(name, key, build(key, config)) for name, key, config in variants]
+
+    work = tempfile.mkdtemp()
+    tang = None
+    try:
+        subprocess.run(["/usr/libexec/tangd-keygen", work], check=True)
+        tang, url = start_tangd(work)
+        secret = b"a 40-byte key as clevis luks bind makes"
+        jwe = subprocess.run(["clevis", "encrypt", "tang", '{"url":"%s"}' % url, "-y"], input=secret,
+                             capture_output=True, check=True).stdout
+        sss = '{"t":1,"pins":{"tang":[{"url":"%s"},{"url":"%s"}]}}' % (url, url)
+        sss_jwe = subprocess.run(["clevis", "encrypt", "sss", sss, "-y"], input=secret,
+                                 capture_output=True, check=True).stdout
+        print(f"nbde-unlock per build profile; median of {args.runs} `decrypt` runs against one stock "
+              f"tangd (P-521), loopback; the same JWEs for every row. MiB = 1,048,576 bytes.\n")
+        print("| profile | stripped size | vs before | decrypt tang | decrypt sss 1-of-2 | vs before |")
+        print("|---|---|---|---|---|---|")
+        base = None
+        for name, _, binary in binaries:
+            size = stripped_size(binary, work)
+            # Interleaved rounds would be fairer on a noisy machine, but each row's
+            # median over many runs is stable here within a few percent.
+            tang_s = median_seconds([binary, "decrypt"], jwe, args.runs, secret)
+            sss_s = median_seconds([binary, "decrypt"], sss_jwe, args.runs, secret)
+            base = base or (size, tang_s)
+            print(f"| {name} | {size / 1048576:.2f} MiB ({size:,} B) | {size / base[0] - 1:+.0%} | "
+                  f"{tang_s * 1000:.2f} ms | {sss_s * 1000:.2f} ms | {tang_s / base[1] - 1:+.0%} |")
+    finally:
+        if tang:
+            tang.terminate()
+            tang.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
