@@ -52,16 +52,21 @@ VARIANTS = [
     ("opt z, curve crates at 3", "z-curves3", settings("z", True, 1, "abort", curves_at_3=True)),
     ("opt s, curve crates at 3", "s-curves3", settings("s", True, 1, "abort", curves_at_3=True)),
     ("opt s, curves at 3, unwind", "s-curves3-unwind", settings("s", True, 1, "unwind", curves_at_3=True)),
+    # What packages and images ship (Cargo.toml), built as they build it.
+    ("profile release-small, as shipped", "release-small", None),
 ]
 
 
 def build(key, config):
+    """nbde-unlock built with the release profile overridden by `config`, or with the
+    release-small profile when `config` is None."""
     target = os.path.join(TARGETS, key)
-    cmd = ["cargo", "build", "--release", "--locked", "-q", "-p", "nbde-unlock", "--bin", "nbde-unlock"]
-    for c in config:
+    profile = "release" if config is not None else "release-small"
+    cmd = ["cargo", "build", "--profile", profile, "--locked", "-q", "-p", "nbde-unlock", "--bin", "nbde-unlock"]
+    for c in config or []:
         cmd += ["--config", c]
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=target))
-    return os.path.join(target, "release", "nbde-unlock")
+    return os.path.join(target, profile, "nbde-unlock")
 
 
 def stripped_size(binary, work):

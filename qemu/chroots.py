@@ -149,7 +149,11 @@ def install_ours(root, debs, packages):
         stale = os.path.join(root, "etc/initramfs-tools", sub, "nbde-unlock")
         if os.path.exists(stale):
             os.remove(stale)
-    unwanted = [p for p in OURS if p not in packages]
+    listed = subprocess.run(["chroot", root, "dpkg-query", "-W", "-f", "${Package} ${Status}\n", *OURS],
+                            capture_output=True, text=True).stdout
+    # Installed, or removed with its configuration left: either is purged when unwanted.
+    installed = {line.split()[0] for line in listed.splitlines() if not line.endswith(" not-installed")}
+    unwanted = [p for p in OURS if p not in packages and p in installed]
     for stray in ["usr/bin/nbde-tpm2", os.path.join(TOKEN_DIR, "libcryptsetup-token-clevis.so")]:
         path = os.path.join(root, stray)
         owned = subprocess.run(["chroot", root, "dpkg", "-S", "/" + stray], capture_output=True).returncode == 0
@@ -161,13 +165,14 @@ def install_ours(root, debs, packages):
     for name in packages:
         shutil.copy(debs[name], stage)
     purge = f"dpkg --purge {' '.join(unwanted)} >/dev/null; " if unwanted else ""
-    in_chroot(root, f"{purge}dpkg -i /tmp/nbde-debs/*.deb >/dev/null 2>&1 || dpkg -i /tmp/nbde-debs/*.deb")
+    install = "dpkg -i /tmp/nbde-debs/*.deb >/dev/null 2>&1 || dpkg -i /tmp/nbde-debs/*.deb" if packages else ""
+    in_chroot(root, f"{purge}{install}")
     shutil.rmtree(stage)
 
 
 def remove_ours(root):
     """Purges our packages (for images that are not about them)."""
-    in_chroot(root, "dpkg --purge " + " ".join(OURS) + " >/dev/null")
+    install_ours(root, {}, [])
 
 
 class ChrootGenerator:

@@ -299,8 +299,10 @@ def bind(image, config, work, label, env=None):
         f.write(PASSPHRASE)
     lib(f"qemu_root_image '{image}' '{keyfile}'")
     pin, cfg = config
+    # The tpm2 pin's program is built with the release profile, not beside nbde-unlock.
+    env = dict(os.environ, NBDE_TPM2=TPM2, **(env or {}))
     subprocess.run([UNLOCK, "bind", "-d", image, "-k", keyfile, pin, json.dumps(cfg)], check=True,
-                   capture_output=True, env=dict(os.environ, **(env or {})))
+                   capture_output=True, env=env)
 
 
 def device_config(server, work, name):

@@ -123,7 +123,7 @@ impl Client {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .root_certs(RootCerts::Specific(certs))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .unversioned_rustls_crypto_provider(Arc::new(crate::tls::provider()))
             .build();
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(timeouts.connect))

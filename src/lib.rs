@@ -11,6 +11,7 @@ pub mod luks;
 pub mod mode;
 pub mod pin;
 pub mod private;
+pub mod tls;
 pub mod tty;
 
 pub use error::{Error, Result};

@@ -59,21 +59,32 @@ fn read_request(stream: &mut impl Read) -> Vec<u8> {
 /// Stock tangd behind a TLS terminator whose certificate names `host`, issued by `ca`.
 fn start_tls_tangd(keys: &Path, ca: &Ca, host: &str) -> Listener {
     let leaf_key = KeyPair::generate().unwrap();
+    let provider = rustls::crypto::ring::default_provider();
+    start_tls_tangd_with(keys, ca, host, leaf_key, provider, rustls::DEFAULT_VERSIONS)
+}
+
+/// The same, with the terminator's key, TLS versions and algorithms given.
+fn start_tls_tangd_with(
+    keys: &Path,
+    ca: &Ca,
+    host: &str,
+    leaf_key: KeyPair,
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Listener {
     let leaf = CertificateParams::new(vec![host.to_owned()])
         .unwrap()
         .signed_by(&leaf_key, &ca.issuer)
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-    )
-    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
     let config = Arc::new(config);
     let keys = keys.to_owned();
     Listener::start(move |tcp: TcpStream| {
@@ -201,4 +212,105 @@ fn a_ca_pinned_as_pem_text_in_the_binding_is_trusted_without_any_file() {
         !err.contains("BEGIN CERTIFICATE"),
         "the PEM was printed: {err}"
     );
+}
+
+/// Servers that offer one way each: every TLS version, key exchange group and key type
+/// the client keeps (P-256 done by RustCrypto, the rest by ring) gets through; a server
+/// that offers only ChaCha20-Poly1305, which the client leaves out, is refused.
+#[test]
+fn https_through_servers_that_offer_one_way_each() {
+    use rustls::crypto::ring::{cipher_suite as suite, default_provider, kx_group as kx};
+    use rustls::version::{TLS12, TLS13};
+    let keys = tempdir();
+    tang_keys(keys.path(), "P-256");
+    let ca = make_ca();
+    let files = tempdir();
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let only = |suites: Vec<rustls::SupportedCipherSuite>, group| rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        kx_groups: vec![group],
+        ..default_provider()
+    };
+    let p256 = || KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let p384 = || KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let ed25519 = || KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cases = [
+        (
+            "TLS 1.3, P-256 exchange, P-256 key",
+            p256(),
+            only(vec![suite::TLS13_AES_128_GCM_SHA256], kx::SECP256R1),
+            &TLS13,
+            true,
+        ),
+        (
+            "TLS 1.2, P-256 exchange, P-256 key",
+            p256(),
+            only(
+                vec![suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+                kx::SECP256R1,
+            ),
+            &TLS12,
+            true,
+        ),
+        (
+            "TLS 1.2, X25519, P-384 key",
+            p384(),
+            only(
+                vec![suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384],
+                kx::X25519,
+            ),
+            &TLS12,
+            true,
+        ),
+        (
+            "TLS 1.3, P-384 exchange, Ed25519 key",
+            ed25519(),
+            only(vec![suite::TLS13_AES_256_GCM_SHA384], kx::SECP384R1),
+            &TLS13,
+            true,
+        ),
+        (
+            "TLS 1.3, ChaCha20-Poly1305 only",
+            p256(),
+            only(vec![suite::TLS13_CHACHA20_POLY1305_SHA256], kx::X25519),
+            &TLS13,
+            false,
+        ),
+    ];
+    for (what, leaf_key, provider, version, works) in cases {
+        let server = start_tls_tangd_with(
+            keys.path(),
+            &ca,
+            "127.0.0.1",
+            leaf_key,
+            provider,
+            &[version],
+        );
+        let url = format!("https://127.0.0.1:{}", server.port);
+        let config = json!({"url": url, "cacert": ca_file.to_str().unwrap()}).to_string();
+        let out = run(
+            &nbde_unlock(),
+            &["encrypt", "tang", &config, "-y"],
+            b"one way",
+        );
+        assert_eq!(
+            out.status.success(),
+            works,
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if works {
+            let out = ours_decrypt(&String::from_utf8(out.stdout).unwrap());
+            assert_eq!(
+                out.stdout,
+                b"one way",
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("unreachable"), "{what}: {err}");
+        }
+    }
 }
