@@ -5,9 +5,11 @@ Builds nbde-unlock once per profile variant (each in its own target directory, s
 variants do not rebuild each other), then, in one run against one stock tangd with P-521
 keys, prints per variant: the stripped size and the median time of `nbde-unlock decrypt`
 on a tang JWE and on an sss 1-of-2 tang JWE (the client's two P-521 multiplications plus
-process start and HTTP), against today's profile.
+process start and HTTP), and on a tang JWE over HTTPS (nbde-server --tang-dir on the same
+keys, an ECDSA P-256 certificate: the TLS handshake's key exchange and two P-256
+signature checks), against today's profile.
 
-Usage: bench/size.py [--runs N] [--only NAME,NAME]   (run as root on Debian with the
+Usage: bench/size.py [--runs N] [--only NAME,NAME] [--baseline BINARY]   (run as root on Debian with the
 packages tests/run.sh installs; about 3 minutes of building per variant on 2 cores).
 """
 import argparse
@@ -18,9 +20,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import median_seconds, start_tangd  # noqa: E402
+from compare import free_port, median_seconds, start_tangd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = os.environ.get("NBDE_SIZE_TARGETS", os.path.join(ROOT, "target", "size"))
@@ -69,6 +72,35 @@ def build(key, config):
     return os.path.join(target, profile, "nbde-unlock")
 
 
+def start_https(work, procs):
+    """nbde-server (release build) serving the tangd keys in `work` over HTTPS with an ECDSA
+    P-256 certificate for 127.0.0.1 (its own CA, ca.pem); returns the URL."""
+    server = os.path.join(build_dir_of("release"), "nbde-server")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "nbde-server"], cwd=ROOT, check=True)
+    ca, cert, key = (os.path.join(work, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+                   check=True, capture_output=True)
+    shutil.copy(cert, ca)
+    port = free_port()
+    procs.append(subprocess.Popen([server, "serve", "--data", os.path.join(work, "data"), "--tang-dir", work,
+                                   "--listen", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for _ in range(200):
+        if subprocess.run(["curl", "-sf", "--cacert", ca, "-o", "/dev/null", f"https://127.0.0.1:{port}/adv"]).returncode == 0:
+            return f"https://127.0.0.1:{port}"
+        time.sleep(0.05)
+    raise SystemExit("nbde-server did not come up over HTTPS")
+
+
+def build_dir_of(profile):
+    """The workspace's target directory for `profile` (honours $CARGO_TARGET_DIR)."""
+    out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    return os.path.join(json.loads(out)["target_directory"], profile, "")
+
+
 def stripped_size(binary, work):
     copy = os.path.join(work, "stripped")
     shutil.copy(binary, copy)
@@ -80,25 +112,36 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--only", help="comma-separated variant keys")
+    parser.add_argument("--baseline", help="an nbde-unlock built elsewhere (e.g. from an older commit), "
+                                           "measured first, as the row the others are compared with")
     args = parser.parse_args()
     variants = [v for v in VARIANTS if not args.only or v[1] in args.only.split(",")]
     binaries = [(name, key, build(key, config)) for name, key, config in variants]
+    if args.baseline:
+        binaries.insert(0, (f"baseline: {args.baseline}", "baseline", args.baseline))
 
     work = tempfile.mkdtemp()
     tang = None
+    procs = []
     try:
         subprocess.run(["/usr/libexec/tangd-keygen", work], check=True)
         tang, url = start_tangd(work)
         secret = b"a 40-byte key as clevis luks bind makes"
         jwe = subprocess.run(["clevis", "encrypt", "tang", '{"url":"%s"}' % url, "-y"], input=secret,
                              capture_output=True, check=True).stdout
+        https_url = start_https(work, procs)
+        # Stock clevis has no cacert: the last build encrypts (the JWE is the same format).
+        https_jwe = subprocess.run([binaries[-1][2], "encrypt", "tang", json.dumps(
+            {"url": https_url, "cacert": os.path.join(work, "ca.pem")}), "-y"], input=secret,
+            capture_output=True, check=True).stdout
         sss = '{"t":1,"pins":{"tang":[{"url":"%s"},{"url":"%s"}]}}' % (url, url)
         sss_jwe = subprocess.run(["clevis", "encrypt", "sss", sss, "-y"], input=secret,
                                  capture_output=True, check=True).stdout
         print(f"nbde-unlock per build profile; median of {args.runs} `decrypt` runs against one stock "
               f"tangd (P-521), loopback; the same JWEs for every row. MiB = 1,048,576 bytes.\n")
-        print("| profile | stripped size | vs before | decrypt tang | decrypt sss 1-of-2 | vs before |")
-        print("|---|---|---|---|---|---|")
+        print("| profile | stripped size | vs first | decrypt tang | decrypt sss 1-of-2 | decrypt tang https "
+              "| tang vs first |")
+        print("|---|---|---|---|---|---|---|")
         base = None
         for name, _, binary in binaries:
             size = stripped_size(binary, work)
@@ -106,13 +149,15 @@ def main():
             # median over many runs is stable here within a few percent.
             tang_s = median_seconds([binary, "decrypt"], jwe, args.runs, secret)
             sss_s = median_seconds([binary, "decrypt"], sss_jwe, args.runs, secret)
+            https_s = median_seconds([binary, "decrypt"], https_jwe, args.runs, secret)
             base = base or (size, tang_s)
             print(f"| {name} | {size / 1048576:.2f} MiB ({size:,} B) | {size / base[0] - 1:+.0%} | "
-                  f"{tang_s * 1000:.2f} ms | {sss_s * 1000:.2f} ms | {tang_s / base[1] - 1:+.0%} |")
+                  f"{tang_s * 1000:.2f} ms | {sss_s * 1000:.2f} ms | {https_s * 1000:.2f} ms | "
+                  f"{tang_s / base[1] - 1:+.0%} |")
     finally:
-        if tang:
-            tang.terminate()
-            tang.wait()
+        for p in procs + ([tang] if tang else []):
+            p.terminate()
+            p.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -119,6 +119,9 @@ server=$!
 trap 'kill $server' EXIT
 for i in $(seq 100); do [ -n "$(ss -Hltn 'sport = :{port}')" ] && break; sleep 0.1; done
 export NBDE_SERVER=http://127.0.0.1:{port}
+# As root, init refuses the service's store (files root made there would lock it out).
+if nbde-server init --config /etc/nbde/server.toml 2>/tmp/root-init.err; then exit 1; fi
+grep -q "belongs to uid" /tmp/root-init.err
 export NBDE_TOKEN=$(runuser -u _nbde-server -- nbde-server init --config /etc/nbde/server.toml 2>/dev/null | tail -n1)
 nbde-server org add acme >/dev/null
 nbde-server device add --org acme web1 --json > /tmp/device.json
@@ -146,7 +149,7 @@ clevis decrypt < /tmp/jwe > /tmp/plain
         assert not os.path.lexists(os.path.join(root, "usr/bin/clevis.distrib"))
         print("nbde-clevis removed: the distribution's clevis is back at /usr/bin/clevis, byte for byte")
 
-        sh(root, f"dpkg --purge {names} >/dev/null 2>&1; rm -rf /tmp/debs /tmp/*.log /tmp/jwe /tmp/plain /tmp/device.json")
+        sh(root, f"dpkg --purge {names} >/dev/null 2>&1; rm -rf /tmp/debs /tmp/*.log /tmp/root-init.err /tmp/jwe /tmp/plain /tmp/device.json")
         left = sorted(p for p in tree(root) - before if not p.startswith(KEPT))
         assert not left, f"purge left: {left}"
         assert os.path.isdir(os.path.join(root, "var/lib/nbde-server")), "purge removed the store"

@@ -3,10 +3,12 @@
 //! McCallum-Relyea exchange.
 //!
 //! Why not ring's default provider: its P-256 code brings a 148 KiB table of precomputed
-//! points, and ChaCha20-Poly1305 about 50 KiB of assembly in several variants. Without
-//! them nbde-unlock is 2 MiB or less (bench/size.py). What a server meets is unchanged
-//! but for ChaCha20-Poly1305: TLS 1.3 and 1.2 with AES-GCM, key exchange X25519, P-256 and
-//! P-384, certificates signed with ECDSA (P-256, P-384), Ed25519 or RSA.
+//! points, ChaCha20-Poly1305 about 50 KiB of assembly in several variants, and Ed25519
+//! signature checks another 10 KiB. Without them nbde-unlock is 2 MiB or less
+//! (bench/size.py). What a server meets: TLS 1.3 and 1.2 with AES-GCM (no
+//! ChaCha20-Poly1305), key exchange X25519, P-256 or P-384, certificates signed with ECDSA
+//! (P-256, P-384) or RSA (no Ed25519 certificates, which no public CA issues and no browser
+//! accepts either).
 
 use nbde_proto::{Curve, EcPoint, EcScalar};
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
@@ -51,14 +53,14 @@ static ECDSA_P256_SHA384: &dyn SignatureVerificationAlgorithm = &EcdsaP256 {
     signature_alg_id: alg_id::ECDSA_SHA384,
 };
 
-/// ring's table (`rustls::crypto::ring`'s), with ECDSA P-256 taken from RustCrypto.
+/// ring's table (`rustls::crypto::ring`'s) without Ed25519, with ECDSA P-256 taken from
+/// RustCrypto.
 static SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     all: &[
         ECDSA_P256_SHA256,
         ECDSA_P256_SHA384,
         ring_algs::ECDSA_P384_SHA256,
         ring_algs::ECDSA_P384_SHA384,
-        ring_algs::ED25519,
         ring_algs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
         ring_algs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
         ring_algs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
@@ -79,7 +81,6 @@ static SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorith
             SignatureScheme::ECDSA_NISTP256_SHA256,
             &[ECDSA_P256_SHA256, ring_algs::ECDSA_P384_SHA256],
         ),
-        (SignatureScheme::ED25519, &[ring_algs::ED25519]),
         (
             SignatureScheme::RSA_PSS_SHA512,
             &[ring_algs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],

@@ -216,7 +216,8 @@ fn a_ca_pinned_as_pem_text_in_the_binding_is_trusted_without_any_file() {
 
 /// Servers that offer one way each: every TLS version, key exchange group and key type
 /// the client keeps (P-256 done by RustCrypto, the rest by ring) gets through; a server
-/// that offers only ChaCha20-Poly1305, which the client leaves out, is refused.
+/// that offers only ChaCha20-Poly1305, or has an Ed25519 certificate, which the client
+/// leaves out (src/tls.rs), is refused.
 #[test]
 fn https_through_servers_that_offer_one_way_each() {
     use rustls::crypto::ring::{cipher_suite as suite, default_provider, kx_group as kx};
@@ -264,11 +265,18 @@ fn https_through_servers_that_offer_one_way_each() {
             true,
         ),
         (
-            "TLS 1.3, P-384 exchange, Ed25519 key",
-            ed25519(),
+            "TLS 1.3, P-384 exchange, P-256 key",
+            p256(),
             only(vec![suite::TLS13_AES_256_GCM_SHA384], kx::SECP384R1),
             &TLS13,
             true,
+        ),
+        (
+            "TLS 1.3, Ed25519 key",
+            ed25519(),
+            only(vec![suite::TLS13_AES_256_GCM_SHA384], kx::X25519),
+            &TLS13,
+            false,
         ),
         (
             "TLS 1.3, ChaCha20-Poly1305 only",

@@ -1,11 +1,36 @@
 //! The two verbs that run on the server's own machine: `init` bootstraps the store and
 //! its first administrator, `serve` merges flags over the configuration file and runs.
 
+use std::os::unix::fs::MetadataExt as _;
+
 use nbde_server::config::Config;
 use nbde_server::http::admin::{new_token, token_hash};
 use nbde_server::store::{Location, Store, migrate};
 
 use super::args::{InitArgs, MigrateArgs, ServeArgs};
+
+/// A SQLite store that belongs to another user (the packaged service's `_nbde-server`) is
+/// opened only as that user: files this process made there (the WAL, a new database)
+/// would be its own, and the service could no longer write its store.
+fn check_store_owner(location: &Location) -> Result<(), String> {
+    let Location::Sqlite(dir) = location else {
+        return Ok(());
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(()); // not there yet: this process makes it, and owns it
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to this process (uid {me}): run as its owner, \
+             e.g. `runuser -u _nbde-server -- nbde-server …` for the packaged service",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
 
 pub fn init(args: InitArgs) -> Result<(), String> {
     let mut config = Config::load(args.config.as_deref())?;
@@ -15,6 +40,7 @@ pub fn init(args: InitArgs) -> Result<(), String> {
         config.database = args.database;
     }
     let location = config.location()?;
+    check_store_owner(&location)?;
     let store = Store::open_location(&location).map_err(|e| e.to_string())?;
     if store.account_count().map_err(|e| e.to_string())? > 0 {
         return Err(format!("{location} is already initialised"));
@@ -70,5 +96,6 @@ pub fn serve(a: ServeArgs) -> Result<(), String> {
     config.tang_dir = a.tang_dir.or(config.tang_dir);
     config.public_url = a.public_url.or(config.public_url);
     config.console_origin = a.console_origin.or(config.console_origin);
+    check_store_owner(&config.location()?)?;
     nbde_server::serve::run(config)
 }
