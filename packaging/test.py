@@ -100,6 +100,9 @@ def main():
         if verify.returncode != 0 or verify.stderr.strip():
             raise SystemExit(f"systemd-analyze verify: exit {verify.returncode}\n{verify.stderr}")
         print("systemd-analyze verify nbde-server.service: clean")
+        security = subprocess.run(["chroot", root, "systemd-analyze", "security", "--offline=true",
+                                   "/usr/lib/systemd/system/nbde-server.service"], capture_output=True, text=True)
+        print("systemd-analyze security: " + (security.stdout.strip().splitlines() or ["?"])[-1])
         modes = out(root, "stat -c '%n %a %U:%G' /var/lib/nbde-server /etc/nbde/server.toml")
         assert modes.split("\n")[:2] == ["/var/lib/nbde-server 700 _nbde-server:_nbde-server",
                                          "/etc/nbde/server.toml 640 root:_nbde-server"], modes

@@ -6,6 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    nbde_unlock::private::forbid_core_dumps();
     let args = match cli::parse() {
         Ok(args) => args,
         Err(exit) => return exit,

@@ -1,8 +1,17 @@
-//! Randomness and private directories, for keys and for copies of a header.
+//! Randomness, private directories (for keys and copies of a header), and a process
+//! that keeps its memory to itself.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// Marks this process not dumpable: the kernel writes no core file of it, and other
+/// processes of the same user can neither ptrace it nor read its memory through /proc
+/// (keys and passphrases pass through it). A failure only loses that protection.
+pub fn forbid_core_dumps() {
+    // SAFETY: PR_SET_DUMPABLE takes no pointers and changes only this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
 
 /// Fills `buf` from the operating system's random number generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
