@@ -32,6 +32,10 @@ fn wait_for(port: u16) {
     panic!("nothing listens on {port}");
 }
 
+/// Rate limits far above any load a bench can make (a microsecond per token).
+const UNLIMITED: &str = "[rate_limit]\nsource_per_second = 1000000\nsource_burst = 1000000\n\
+    device_per_minute = 60000000\ndevice_burst = 1000000\n";
+
 /// One request on a fresh connection (tangd serves one per process); returns the status.
 fn post(port: u16, path: &str, body: &[u8]) -> u16 {
     testkit::post_status(&format!("127.0.0.1:{port}"), path, body, "")
@@ -127,8 +131,13 @@ fn main() {
     wait_for(tangd_port);
 
     let data = tempfile::tempdir().unwrap();
+    // Every request comes from one address: the source bucket would measure itself.
+    let config = data.path().join("bench.toml");
+    std::fs::write(&config, UNLIMITED).unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_nbde-server"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data")
         .arg(data.path())
         .arg("--tang-dir")
         .arg(keys.path())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::net::Cidr;
+use crate::ratelimit::RateLimits;
 use crate::store::Location;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7500";
@@ -30,6 +31,9 @@ pub struct Config {
     /// the public URL if unset.
     pub console_origin: Option<String>,
     pub tang_dir: Option<PathBuf>,
+    /// Token buckets on `/rec` per source address and per device.
+    #[serde(default)]
+    pub rate_limit: RateLimits,
 }
 
 impl Config {

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod ratelimit;
 pub mod serve;
 pub mod store;
 pub mod tang_dir;

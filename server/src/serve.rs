@@ -65,6 +65,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 public_url: config.public_url.clone(),
                 tls: config.tls_cert.is_some(),
                 console_origin: console_origin(&config),
+                rate_limits: config.rate_limit,
             },
         )
         .map_err(|e| e.to_string())?,

@@ -295,3 +295,98 @@ fn a_trusted_proxy_forwards_the_client_address() {
     );
     assert_eq!(server.history(Some("acme/web"))[1]["peer"], "10.9.9.9");
 }
+
+/// A flood from one address meets its own bucket (429 with Retry-After, each refusal in
+/// the history) while another address's device unlocks; a device's own bucket holds
+/// against a flood spread over many addresses. Small buckets from the config file.
+#[test]
+fn a_flood_meets_its_own_rate_limit_and_nobody_else_s() {
+    let config = tempdir();
+    let file = config.path().join("nbde.toml");
+    std::fs::write(
+        &file,
+        "trusted_proxies = [\"127.0.0.1\"]\n[rate_limit]\nsource_per_second = 1\nsource_burst = 5\n\
+         device_per_minute = 1\ndevice_burst = 8\n",
+    )
+    .unwrap();
+    let server = NbdeServer::start(&["--config", file.to_str().unwrap()]);
+    server.add_device("acme", "flooded", Some("P-256"));
+    server.add_device("acme", "quiet", Some("P-256"));
+    let (flooded, flood_body) = rec_request(&server, "acme", "flooded");
+    let (quiet, quiet_body) = rec_request(&server, "acme", "quiet");
+    let from = |ip: &str| format!("X-Forwarded-For: {ip}\r\n");
+
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| post(&server.url, &flooded, &flood_body, &from("10.0.0.1")))
+        .collect();
+    assert_eq!(statuses[..5], [200; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Another address, another device: untouched by the flood.
+    assert_eq!(
+        post(&server.url, &quiet, &quiet_body, &from("10.0.0.2")),
+        200
+    );
+    let retry = raw_post(&server.url, &flooded, &flood_body, &from("10.0.0.1"));
+    assert!(retry.starts_with("HTTP/1.1 429"), "{retry}");
+    assert!(
+        retry.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{retry}"
+    );
+
+    // The device's bucket (8, then 1 a minute): 5 spent above, 3 left, whatever the address.
+    let spread: Vec<u16> = (0..6)
+        .map(|i| {
+            post(
+                &server.url,
+                &flooded,
+                &flood_body,
+                &from(&format!("10.0.1.{i}")),
+            )
+        })
+        .collect();
+    assert_eq!(spread, [200, 200, 200, 429, 429, 429]);
+
+    let history = server.history(Some("acme/flooded"));
+    let limited: Vec<_> = history
+        .iter()
+        .filter(|row| row["decision"] == "rate-limited")
+        .map(|row| row["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(limited.len(), 15 + 1 + 3, "{history:?}");
+    assert!(limited.iter().any(|r| r == "source over its rate"));
+    assert!(limited.iter().any(|r| r == "device over its rate"));
+}
+
+/// With the default buckets, boots are never throttled: nbde-unlock and stock clevis
+/// decrypting again and again, as retries and many servers of sss make them ask.
+#[test]
+fn boots_are_never_throttled_by_the_default_limits() {
+    let server = NbdeServer::start(&[]);
+    let (url, thp) = server.add_device("acme", "boots", None);
+    let jwe = bind(&url, &thp, b"every time");
+    for _ in 0..15 {
+        assert_eq!(ours_decrypt(&jwe).stdout, b"every time");
+        assert_eq!(clevis_decrypt(&jwe).stdout, b"every time");
+    }
+    let history = server.history(Some("acme/boots"));
+    assert!(
+        history.iter().all(|row| row["decision"] == "allowed"),
+        "{history:?}"
+    );
+}
+
+/// The whole answer head of one raw POST, for its headers.
+fn raw_post(base: &str, path: &str, body: &[u8], headers: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}

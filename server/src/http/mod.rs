@@ -17,6 +17,7 @@ use crate::error::{ApiError, Result};
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::net::{self, Cidr};
+use crate::ratelimit::{RateLimits, RecLimiter};
 use crate::store::Store;
 use crate::store::history::Writer;
 use crate::tang_dir::TangDir;
@@ -32,6 +33,7 @@ pub struct Settings {
     pub tls: bool,
     /// The console's origin for passkeys; without one, the console signs in by token only.
     pub console_origin: Option<String>,
+    pub rate_limits: RateLimits,
 }
 
 pub struct AppState {
@@ -44,6 +46,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub settings: Settings,
     pub console: console::ConsoleState,
+    pub rec_limiter: RecLimiter,
     /// Set by `start_webhooks`; without it new requests tell nobody (router tests).
     notifier: OnceLock<crate::webhooks::Notifier>,
 }
@@ -60,6 +63,7 @@ impl AppState {
         };
         Ok(AppState {
             console: console::ConsoleState::new(passkeys),
+            rec_limiter: RecLimiter::new(settings.rate_limits),
             notifier: OnceLock::new(),
             store,
             keys: RwLock::new(Arc::new(keys)),

@@ -16,6 +16,7 @@ use super::{AppState, blocking};
 use crate::error::ApiError;
 use crate::keys::ExchangeKey;
 use crate::policy::{self, Effect, Outcome as PolicyOutcome};
+use crate::ratelimit::Limited;
 use crate::store::Applied;
 use crate::store::history::Entry;
 use crate::webhooks::PendingRequest;
@@ -95,6 +96,17 @@ impl Outcome {
             response: Err(error),
         }
     }
+}
+
+/// A bucket of `/rec` ran dry (see `ratelimit`): 429 with Retry-After, and a history row.
+fn rate_limited(limited: Limited) -> Outcome {
+    Outcome::refuse(
+        "rate-limited",
+        format!("{} over its rate", limited.bucket),
+        ApiError::TooManyRequests {
+            retry_after: limited.retry_after_seconds,
+        },
+    )
 }
 
 fn malformed(reason: String) -> Outcome {
@@ -257,6 +269,9 @@ pub async fn device_rec(
         decision: "",
         reason: String::new(),
     };
+    if let Err(limited) = state.rec_limiter.check_source(peer) {
+        return finish(&state, started, entry, rate_limited(limited)).await;
+    }
     let not_found = |reason: &str, what: &str| {
         Outcome::refuse("not-found", reason, ApiError::NotFound(what.into()))
     };
@@ -285,11 +300,14 @@ pub async fn device_rec(
         },
     };
     // Validated before the policy is asked: a malformed body must not use up an allow-once
-    // or an approval.
+    // or an approval, nor the device's bucket (it costs no multiplication).
     let point = match client_point(key, &body) {
         Ok(point) => point,
         Err(outcome) => return finish(&state, started, entry, outcome).await,
     };
+    if let Err(limited) = state.rec_limiter.check_device(device.id) {
+        return finish(&state, started, entry, rate_limited(limited)).await;
+    }
     // Computed only once the policy allows, and then only once however often the race
     // below makes us decide again.
     let mut exchanged: Option<Result<Vec<u8>, ApiError>> = None;
@@ -397,14 +415,18 @@ pub async fn dir_rec(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let source = state.client_address(peer.ip(), &headers);
     let entry = Entry {
         org: None,
         device: None,
-        peer: state.client_address(peer.ip(), &headers).to_string(),
+        peer: source.to_string(),
         kid: Some(kid.clone()),
         decision: "",
         reason: String::new(),
     };
+    if let Err(limited) = state.rec_limiter.check_source(source) {
+        return finish(&state, started, entry, rate_limited(limited)).await;
+    }
     let outcome = match state.tang_dir.as_ref().map(|t| t.keys()) {
         None => Outcome::refuse(
             "not-found",
