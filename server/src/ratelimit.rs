@@ -7,9 +7,12 @@
 //! bucket is generous because many machines may share one address (NAT, a proxy in
 //! `trusted_proxies`) and reboot together after a power cut.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -106,6 +109,56 @@ impl RecLimiter {
     }
 }
 
+/// Bearer tokens that matched no account, per source address: a burst of 10, then one
+/// every 6 seconds. A source that has spent its bucket is refused (429) before any lookup
+/// until the next token, so guessing costs the store nothing; good tokens spend nothing.
+pub struct FailedTokens {
+    bucket: DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl FailedTokens {
+    pub fn new() -> FailedTokens {
+        let quota = Quota::per_minute(NonZeroU32::new(10).expect("10 > 0"))
+            .allow_burst(NonZeroU32::new(10).expect("10 > 0"));
+        FailedTokens {
+            bucket: DefaultKeyedRateLimiter::keyed(quota),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `source` may present a token now; else the seconds until it may.
+    pub fn admit(&self, source: IpAddr) -> Result<(), u64> {
+        let blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        match blocked.get(&source) {
+            Some(until) if *until > Instant::now() => Err(whole_seconds(*until - Instant::now())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A token from `source` matched no account.
+    pub fn failed(&self, source: IpAddr) {
+        if let Err(not_until) = self.bucket.check_key(&source) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let now = Instant::now();
+            let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            blocked.retain(|_, until| *until > now);
+            blocked.insert(source, now + wait);
+        }
+    }
+}
+
+impl Default for FailedTokens {
+    fn default() -> FailedTokens {
+        FailedTokens::new()
+    }
+}
+
+/// Whole seconds for Retry-After, rounded up, never 0 (that would say "now").
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 fn limited(
     bucket: &'static str,
     not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>,
@@ -113,8 +166,7 @@ fn limited(
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     Limited {
         bucket,
-        // Whole seconds for Retry-After, never 0 (that would say "now").
-        retry_after_seconds: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+        retry_after_seconds: whole_seconds(wait),
     }
 }
 
@@ -158,6 +210,21 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(limiter.check_device(8), Ok(()));
+    }
+
+    #[test]
+    fn failed_tokens_block_their_source_only_once_the_burst_is_spent() {
+        let guard = FailedTokens::new();
+        let guessing: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(guard.admit(guessing), Ok(()));
+            guard.failed(guessing);
+        }
+        assert_eq!(guard.admit(guessing), Ok(()));
+        guard.failed(guessing); // the 11th: over the burst
+        let wait = guard.admit(guessing).unwrap_err();
+        assert!((1..=6).contains(&wait), "{wait}");
+        assert_eq!(guard.admit("192.0.2.10".parse().unwrap()), Ok(()));
     }
 
     #[test]

@@ -326,7 +326,13 @@ fn a_flood_meets_its_own_rate_limit_and_nobody_else_s() {
         post(&server.url, &quiet, &quiet_body, &from("10.0.0.2")),
         200
     );
-    let retry = raw_post(&server.url, &flooded, &flood_body, &from("10.0.0.1"));
+    let retry = raw_request(
+        &server.url,
+        "POST",
+        &flooded,
+        &flood_body,
+        &from("10.0.0.1"),
+    );
     assert!(retry.starts_with("HTTP/1.1 429"), "{retry}");
     assert!(
         retry.to_ascii_lowercase().contains("retry-after: 1\r\n"),
@@ -375,13 +381,13 @@ fn boots_are_never_throttled_by_the_default_limits() {
     );
 }
 
-/// The whole answer head of one raw POST, for its headers.
-fn raw_post(base: &str, path: &str, body: &[u8], headers: &str) -> String {
+/// The whole answer of one raw request on a new connection, for its status and headers.
+fn raw_request(base: &str, method: &str, path: &str, body: &[u8], headers: &str) -> String {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -389,4 +395,27 @@ fn raw_post(base: &str, path: &str, body: &[u8], headers: &str) -> String {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
+}
+
+/// Guessing admin tokens: ten wrong ones from an address are answered 401, then the
+/// address is refused (429, before any lookup) even with a good token, while another
+/// address's good token works.
+#[test]
+fn guessing_tokens_locks_out_the_guessing_address_only() {
+    let config = tempdir();
+    let file = config.path().join("nbde.toml");
+    std::fs::write(&file, "trusted_proxies = [\"127.0.0.1\"]\n").unwrap();
+    let server = NbdeServer::start(&["--config", file.to_str().unwrap()]);
+    let ask = |token: &str, from: &str| {
+        let headers = format!("Authorization: Bearer {token}\r\nX-Forwarded-For: {from}\r\n");
+        let answer = raw_request(&server.url, "GET", "/admin/v1/orgs", b"", &headers);
+        answer[9..12].parse::<u16>().unwrap()
+    };
+    let guesses: Vec<u16> = (0..12)
+        .map(|i| ask(&format!("nbde_guess{i}"), "10.1.1.1"))
+        .collect();
+    assert_eq!(guesses[..11], [401; 11], "{guesses:?}");
+    assert_eq!(guesses[11], 429, "{guesses:?}");
+    assert_eq!(ask(&server.token, "10.1.1.1"), 429);
+    assert_eq!(ask(&server.token, "10.1.1.2"), 200);
 }

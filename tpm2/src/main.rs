@@ -44,6 +44,10 @@ fn run(args: &[String]) -> Result<Zeroizing<Vec<u8>>, Tpm2Error> {
 }
 
 fn main() -> ExitCode {
+    // The content key passes through this process's memory: no core file, no ptrace or
+    // /proc/PID/mem reads by other processes of the same user. A failure only loses that.
+    // SAFETY: PR_SET_DUMPABLE takes no pointers and changes only this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if std::env::var_os("TSS2_LOG").is_none() {
         // SAFETY: no other thread exists yet. tpm2-tss would otherwise print its own
         // warnings beside ours; the error we print says what failed.

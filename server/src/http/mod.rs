@@ -17,7 +17,7 @@ use crate::error::{ApiError, Result};
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::net::{self, Cidr};
-use crate::ratelimit::{RateLimits, RecLimiter};
+use crate::ratelimit::{FailedTokens, RateLimits, RecLimiter};
 use crate::store::Store;
 use crate::store::history::Writer;
 use crate::tang_dir::TangDir;
@@ -47,6 +47,7 @@ pub struct AppState {
     pub settings: Settings,
     pub console: console::ConsoleState,
     pub rec_limiter: RecLimiter,
+    pub failed_tokens: FailedTokens,
     /// Set by `start_webhooks`; without it new requests tell nobody (router tests).
     notifier: OnceLock<crate::webhooks::Notifier>,
 }
@@ -64,6 +65,7 @@ impl AppState {
         Ok(AppState {
             console: console::ConsoleState::new(passkeys),
             rec_limiter: RecLimiter::new(settings.rate_limits),
+            failed_tokens: FailedTokens::new(),
             notifier: OnceLock::new(),
             store,
             keys: RwLock::new(Arc::new(keys)),

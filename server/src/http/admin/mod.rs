@@ -17,9 +17,10 @@ pub(crate) mod policy;
 pub(crate) mod webhooks;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
@@ -55,6 +56,16 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Caller> {
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|peer| state.client_address(peer.0.ip(), &parts.headers));
+        if let Some(source) = source {
+            state
+                .failed_tokens
+                .admit(source)
+                .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -62,7 +73,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
         let hash = token_hash(token.trim());
-        blocking(state, move |s| {
+        let found = blocking(state, move |s| {
             let account = s
                 .store
                 .account_by_token(&hash)?
@@ -70,7 +81,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             let roles = s.store.memberships(account.id)?;
             Ok(Caller { account, roles })
         })
-        .await
+        .await;
+        if let (Err(ApiError::Unauthorized), Some(source)) = (&found, source) {
+            state.failed_tokens.failed(source);
+        }
+        found
     }
 }
 
