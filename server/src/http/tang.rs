@@ -98,6 +98,20 @@ impl Outcome {
     }
 }
 
+/// Each decision at debug level, as the history has it (it holds no secret: names, the
+/// peer, the kid, the decision and its reason).
+fn log_decision(entry: &Entry) {
+    tracing::debug!(
+        org = entry.org.as_deref().unwrap_or("-"),
+        device = entry.device.as_deref().unwrap_or("-"),
+        peer = %entry.peer,
+        kid = entry.kid.as_deref().unwrap_or("-"),
+        decision = entry.decision,
+        reason = %entry.reason,
+        "rec"
+    );
+}
+
 /// A bucket of `/rec` ran dry (see `ratelimit`): 429 with Retry-After, and a history row.
 fn rate_limited(limited: Limited) -> Outcome {
     Outcome::refuse(
@@ -187,6 +201,7 @@ async fn finish(
 ) -> Response {
     entry.decision = outcome.decision;
     entry.reason = std::mem::take(&mut outcome.reason);
+    log_decision(&entry);
     // The row is durable before any answer leaves; if it cannot be written, we do not take part.
     if !state.history.record(entry).await {
         state.metrics.observe("error", started.elapsed());
@@ -208,6 +223,7 @@ async fn allowed(
 ) -> Response {
     entry.decision = "allowed";
     entry.reason = reason;
+    log_decision(&entry);
     // Kept for a correcting row; cheaper than waiting for the commit before computing.
     let correction = entry.clone();
     let pending = state.history.submit(entry);

@@ -82,8 +82,19 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             Ok(Caller { account, roles })
         })
         .await;
-        if let (Err(ApiError::Unauthorized), Some(source)) = (&found, source) {
-            state.failed_tokens.failed(source);
+        match (&found, source) {
+            (Err(ApiError::Unauthorized), Some(source)) => {
+                tracing::debug!(%source, "admin: token matches no account");
+                state.failed_tokens.failed(source);
+            }
+            (Ok(caller), _) => tracing::debug!(
+                account = %caller.account.name,
+                method = %parts.method,
+                // Under /admin/v1, where this router is nested.
+                path = %parts.uri.path(),
+                "admin"
+            ),
+            _ => {}
         }
         found
     }
