@@ -3,8 +3,9 @@
 
 One nbde-server (release build, SQLite, P-521 devices) trusts 127.0.0.1 as a proxy, so
 X-Forwarded-For names the source. wrk floods device `flooded` from 10.0.0.1 (a new
-connection per request, as clevis makes them); meanwhile one client unlocks device `legit`
-from 10.0.0.2, a request every 20 ms on a new connection, and its latencies are kept. Rows:
+connection per request, as clevis makes them); meanwhile machines boot: every 20 ms one
+more of 500 devices asks once, from 10.0.0.2, on a new connection, and the latencies of
+these unlocks are kept. Rows:
 no flood; the flood with the default buckets; the flood with the buckets lifted. Prints
 the legitimate client's p50/p99/max and statuses, and what the flood got.
 
@@ -26,6 +27,8 @@ from storm import (LUA, ROOT, SERVER, UNLIMITED, Admin, Procs, device_path, free
                    init_store, wait_port)
 
 TRUST_LOOPBACK = 'trusted_proxies = ["127.0.0.1"]\n'
+# Devices that boot during a run (one unlock each); more than a run's 20 ms ticks.
+MACHINES = 500
 
 
 def start(procs, work, name, config):
@@ -41,8 +44,9 @@ def start(procs, work, name, config):
     admin = Admin(port, token)
     admin.post("/orgs", {"name": "bench"})
     flooded = admin.post("/orgs/bench/devices", {"name": "flooded", "curve": "P-521"})
-    legit = admin.post("/orgs/bench/devices", {"name": "legit", "curve": "P-521"})
-    return server, port, device_path(flooded), device_path(legit)
+    legit = [device_path(admin.post("/orgs/bench/devices", {"name": f"m{i}", "curve": "P-521"}))
+             for i in range(MACHINES)]
+    return server, port, device_path(flooded), legit
 
 
 def post(port, path, body, source):
@@ -56,10 +60,13 @@ def post(port, path, body, source):
     return int(head.split()[1]), time.perf_counter() - start
 
 
-def legit_client(port, path, body, seconds):
+def legit_client(port, paths, body, seconds):
+    """Machines booting: one unlock each, one every 20 ms."""
     statuses, latencies = {}, []
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    for path in paths:
+        if time.monotonic() >= end:
+            break
         status, took = post(port, path, body, "10.0.0.2")
         statuses[status] = statuses.get(status, 0) + 1
         latencies.append(took)
@@ -69,7 +76,7 @@ def legit_client(port, path, body, seconds):
 
 def flood(port, path, body, seconds, conns):
     env = dict(os.environ, STORM_BODY=body)
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(conns), "-d", f"{seconds}s", "-H",
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(conns), "-d", f"{int(seconds)}s", "-H",
                           "X-Forwarded-For: 10.0.0.1", "-s", LUA, f"http://127.0.0.1:{port}{path}"],
                          env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("STORM "))
@@ -89,7 +96,7 @@ def row(name, statuses, latencies, flooded):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", type=int, default=64)
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "nbde-server"], cwd=ROOT, check=True)
@@ -99,16 +106,16 @@ def main():
                           check=True).stdout.decode().strip()
     procs = Procs()
     work = tempfile.mkdtemp(prefix="nbde-flood-")
-    print(f"Legitimate client: device `legit` from 10.0.0.2, one request per 20 ms, {args.seconds:.0f} s; "
+    print(f"Machines booting: one unlock each, a new device every 20 ms, from 10.0.0.2, {args.seconds:.0f} s; "
           f"flood: wrk, {args.conns} connections, device `flooded` from 10.0.0.1; 2 cores shared.\n")
-    print("| server | legit p50 | legit p99 | legit max | legit statuses | flood |")
+    print("| server | unlock p50 | unlock p99 | unlock max | unlock statuses | flood |")
     print("|---|---|---|---|---|---|")
     try:
         for name, config, with_flood in [
                 ("no flood, default buckets", TRUST_LOOPBACK, False),
                 ("flood, default buckets", TRUST_LOOPBACK, True),
                 ("flood, buckets lifted", TRUST_LOOPBACK + UNLIMITED, True)]:
-            server, port, flooded_path, legit_path = start(procs, work, name.replace(" ", "-").replace(",", ""),
+            server, port, flooded_path, legit_paths = start(procs, work, name.replace(" ", "-").replace(",", ""),
                                                            config)
             result = {}
             flooder = None
@@ -117,7 +124,7 @@ def main():
                     flood(port, flooded_path, body, args.seconds, args.conns)))
                 flooder.start()
                 time.sleep(0.5)  # the buckets empty first
-            statuses, latencies = legit_client(port, legit_path, body, args.seconds - 1)
+            statuses, latencies = legit_client(port, legit_paths, body, args.seconds - 1)
             if flooder:
                 flooder.join()
             row(name, statuses, latencies, result if with_flood else None)
