@@ -27,6 +27,16 @@ fn make_ca() -> Ca {
     }
 }
 
+/// P-256 tang keys, a CA, and a directory holding the CA as `ca.pem`.
+fn p256_keys_and_ca() -> (tempfile::TempDir, Ca, tempfile::TempDir) {
+    let keys = tempdir();
+    tang_keys(keys.path(), "P-256");
+    let ca = make_ca();
+    let files = tempdir();
+    std::fs::write(files.path().join("ca.pem"), &ca.pem).unwrap();
+    (keys, ca, files)
+}
+
 /// Reads one HTTP request (head and Content-Length body).
 fn read_request(stream: &mut impl Read) -> Vec<u8> {
     let mut data = Vec::new();
@@ -160,12 +170,8 @@ fn https_with_the_right_ca_works_and_anything_else_is_refused() {
 
 #[test]
 fn https_to_the_wrong_host_name_is_refused() {
-    let keys = tempdir();
-    tang_keys(keys.path(), "P-256");
-    let ca = make_ca();
-    let files = tempdir();
+    let (keys, ca, files) = p256_keys_and_ca();
     let ca_file = files.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
     let server = start_tls_tangd(keys.path(), &ca, "tang.example");
     let config = json!({
         "url": format!("https://127.0.0.1:{}", server.port),
@@ -222,12 +228,8 @@ fn a_ca_pinned_as_pem_text_in_the_binding_is_trusted_without_any_file() {
 fn https_through_servers_that_offer_one_way_each() {
     use rustls::crypto::ring::{cipher_suite as suite, default_provider, kx_group as kx};
     use rustls::version::{TLS12, TLS13};
-    let keys = tempdir();
-    tang_keys(keys.path(), "P-256");
-    let ca = make_ca();
-    let files = tempdir();
+    let (keys, ca, files) = p256_keys_and_ca();
     let ca_file = files.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
     let only = |suites: Vec<rustls::SupportedCipherSuite>, group| rustls::crypto::CryptoProvider {
         cipher_suites: suites,
         kx_groups: vec![group],
