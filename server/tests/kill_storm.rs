@@ -1,0 +1,172 @@
+//! Kill storms: during an unlock storm on the per-device route, the server is killed with
+//! SIGKILL 20 times at random moments and started again on its store. Every recovery a
+//! client got an answer for has its history row, the store opens each time, and an
+//! allow-once is used at most once however the kills fall.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nbde_proto::{Curve, Jwk};
+use serde_json::Value;
+use testkit::*;
+
+/// One POST on a new connection, the client address given through the trusted proxy;
+/// the status, or None when the connection broke (the server was killed).
+fn post(addr: &str, path: &str, body: &[u8], source: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nX-Forwarded-For: {source}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.get(9..12)?.parse().ok()
+}
+
+fn rec_request(server: &NbdeServer, device: &str) -> (String, Vec<u8>) {
+    let list: Value =
+        serde_json::from_str(&server.admin_ok(&["device", "list", "--org", "acme", "--json"]))
+            .unwrap();
+    let d = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == device)
+        .unwrap()
+        .clone();
+    let curve = Curve::from_name(d["curve"].as_str().unwrap()).unwrap();
+    let mut body = Jwk::from_point(&curve.random_scalar().unwrap().public_point());
+    body.set("alg", "ECMR".into());
+    (
+        format!("/o/acme/d/{device}/rec/{}", d["kid"].as_str().unwrap()),
+        body.to_value().to_string().into_bytes(),
+    )
+}
+
+/// A source address no other request of the run uses, so that its history row names it.
+fn source(n: u32) -> String {
+    format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+}
+
+#[test]
+fn twenty_kills_during_a_storm_lose_no_row_and_use_no_allow_once_twice() {
+    let config = tempdir();
+    let file = config.path().join("nbde.toml");
+    // The storm is one device from a few thousand addresses: buckets lifted.
+    std::fs::write(
+        &file,
+        "trusted_proxies = [\"127.0.0.1\"]\n[rate_limit]\nsource_per_second = 1000000\n\
+         source_burst = 1000000\ndevice_per_minute = 60000000\ndevice_burst = 1000000\n",
+    )
+    .unwrap();
+    let mut server = NbdeServer::start_on(free_port(), &["--config", file.to_str().unwrap()]);
+    server.add_device("acme", "storm", Some("P-256"));
+    server.add_device("acme", "once", Some("P-256"));
+    server.admin_ok(&["device", "disable", "acme/once"]);
+    server.admin_ok(&["allow-once", "acme/once"]);
+    let storm = rec_request(&server, "storm");
+    let once = rec_request(&server, "once");
+    let addr = server.addr();
+
+    let running = Arc::new(AtomicBool::new(true));
+    let next = Arc::new(AtomicU32::new(1));
+    let answered: Arc<Mutex<Vec<(String, u16, bool)>>> = Arc::default();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (running, next, answered) = (running.clone(), next.clone(), answered.clone());
+            let (addr, storm, once) = (addr.clone(), storm.clone(), once.clone());
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let to_once = n % 10 == 0;
+                    let (path, body) = if to_once { &once } else { &storm };
+                    let from = source(n);
+                    match post(&addr, path, body, &from) {
+                        Some(status) => answered.lock().unwrap().push((from, status, to_once)),
+                        None => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 400));
+        server.kill9();
+        // The store opens each time: restart waits until the server listens again.
+        server.restart();
+    }
+    running.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    let answered = answered.lock().unwrap();
+    let allowed_answers: Vec<&(String, u16, bool)> = answered
+        .iter()
+        .filter(|(_, status, _)| *status == 200)
+        .collect();
+    assert!(
+        allowed_answers.len() > 100,
+        "only {} answers",
+        allowed_answers.len()
+    );
+    let history: Value =
+        serde_json::from_str(&server.admin_ok(&["history", "--json", "--limit", "1000000"]))
+            .unwrap();
+    let rows = history["history"].as_array().unwrap();
+    let allowed_rows: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r["decision"] == "allowed")
+        .map(|r| r["peer"].as_str().unwrap())
+        .collect();
+    for (from, _, _) in &allowed_answers {
+        assert!(
+            allowed_rows.contains(from.as_str()),
+            "an answer to {from} left without its history row"
+        );
+    }
+    let once_answers = allowed_answers
+        .iter()
+        .filter(|(_, _, to_once)| *to_once)
+        .count();
+    let once_rows = rows
+        .iter()
+        .filter(|r| r["device"] == "once" && r["decision"] == "allowed")
+        .count();
+    eprintln!(
+        "{} answers ({} allowed) across 20 kills; {} allowed rows; allow-once: {once_answers} answer(s), {once_rows} row(s)",
+        answered.len(),
+        allowed_answers.len(),
+        allowed_rows.len()
+    );
+    assert!(
+        once_answers <= 1,
+        "allow-once answered {once_answers} times"
+    );
+    assert!(
+        once_rows <= 1,
+        "allow-once allowed {once_rows} times in the history"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
