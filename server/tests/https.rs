@@ -104,3 +104,64 @@ fn plain_http_off_loopback_needs_consent() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
+
+/// One `openssl s_client` handshake with `args`; (whether it completed, what it printed).
+fn handshake(addr: &str, args: &[&str]) -> (bool, String) {
+    // SECLEVEL=0: the client offers what it is told to, old protocols included, so that a
+    // refusal is the server's.
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-cipher", "ALL:@SECLEVEL=0"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = out.status.success() && !text.contains("Cipher is (NONE)");
+    (done, text)
+}
+
+/// TLS 1.2 and 1.3 with AEAD suites and forward secrecy only: TLS 1.0 and 1.1, CBC suites
+/// and static-RSA key exchange are refused by the server with an alert.
+#[test]
+fn the_server_offers_tls_1_2_and_up_with_modern_suites_only() {
+    let pki = pki();
+    let server = NbdeServer::start(&[
+        "--tls-cert",
+        &pki.path("cert.pem"),
+        "--tls-key",
+        &pki.path("key.pem"),
+    ]);
+    let addr = server.url.trim_start_matches("https://").to_owned();
+    for old in ["-tls1", "-tls1_1"] {
+        let (done, text) = handshake(&addr, &[old]);
+        assert!(!done, "{old} accepted:\n{text}");
+        // The server's alert (rustls answers handshake_failure), not a client-side refusal.
+        assert!(text.contains("SSL alert number"), "{old}:\n{text}");
+    }
+    for weak in [
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA384",
+        "AES128-GCM-SHA256",
+    ] {
+        let (done, text) = handshake(
+            &addr,
+            &["-tls1_2", "-cipher", &format!("{weak}:@SECLEVEL=0")],
+        );
+        assert!(!done, "{weak} accepted:\n{text}");
+        assert!(text.contains("SSL alert number"), "{weak}:\n{text}");
+    }
+    let (done, text) = handshake(
+        &addr,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+    );
+    assert!(
+        done && text.contains("ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "{text}"
+    );
+    let (done, text) = handshake(&addr, &["-tls1_3"]);
+    assert!(done && text.contains("TLSv1.3"), "{text}");
+}
