@@ -181,6 +181,10 @@ fn race_for(device: Device, tokens: &[(u32, Value)]) -> Arc<Race> {
     race
 }
 
+/// What a last try keeps of the deadline: a refused or reset connection answers well
+/// within it.
+const LAST_TRY: Duration = Duration::from_millis(300);
+
 /// Tries one token until it answers, refuses for good, or the deadline passes; each
 /// attempt's timeouts are cut to the time left.
 fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Instant) -> Outcome {
@@ -223,13 +227,16 @@ fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Ins
         } else {
             backoff.next(retry_after).min(Duration::from_secs(2))
         };
-        if Instant::now() + delay >= deadline {
+        // When the next delay would cross the deadline, one last try just before it rather
+        // than none: a server that comes up late still gets the time the user granted.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left <= LAST_TRY {
             return Outcome::Failed(format!(
                 "gave up after {:.1} s: {words}",
                 started.elapsed().as_secs_f32()
             ));
         }
-        std::thread::sleep(delay);
+        std::thread::sleep(delay.min(left - LAST_TRY));
     }
 }
 
