@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nbde_proto::{Curve, Jwk};
 use serde_json::Value;
 use testkit::*;
 
@@ -30,26 +29,6 @@ fn post(addr: &str, path: &str, body: &[u8], source: &str) -> Option<u16> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     answer.get(9..12)?.parse().ok()
-}
-
-fn rec_request(server: &NbdeServer, device: &str) -> (String, Vec<u8>) {
-    let list: Value =
-        serde_json::from_str(&server.admin_ok(&["device", "list", "--org", "acme", "--json"]))
-            .unwrap();
-    let d = list["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == device)
-        .unwrap()
-        .clone();
-    let curve = Curve::from_name(d["curve"].as_str().unwrap()).unwrap();
-    let mut body = Jwk::from_point(&curve.random_scalar().unwrap().public_point());
-    body.set("alg", "ECMR".into());
-    (
-        format!("/o/acme/d/{device}/rec/{}", d["kid"].as_str().unwrap()),
-        body.to_value().to_string().into_bytes(),
-    )
 }
 
 /// A source address no other request of the run uses, so that its history row names it.
@@ -73,8 +52,8 @@ fn twenty_kills_during_a_storm_lose_no_row_and_use_no_allow_once_twice() {
     server.add_device("acme", "once", Some("P-256"));
     server.admin_ok(&["device", "disable", "acme/once"]);
     server.admin_ok(&["allow-once", "acme/once"]);
-    let storm = rec_request(&server, "storm");
-    let once = rec_request(&server, "once");
+    let storm = server.rec_request("acme", "storm");
+    let once = server.rec_request("acme", "once");
     let addr = server.addr();
 
     let running = Arc::new(AtomicBool::new(true));
@@ -161,12 +140,4 @@ fn twenty_kills_during_a_storm_lose_no_row_and_use_no_allow_once_twice() {
         once_rows <= 1,
         "allow-once allowed {once_rows} times in the history"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

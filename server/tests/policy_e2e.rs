@@ -1,7 +1,6 @@
 //! The unlock policy end to end: stock clevis against devices behind approval, allow-once
 //! races, sources and forwarding headers, all through a real nbde-server process.
 
-use nbde_proto::{Curve, Jwk};
 use serde_json::{Value, json};
 use testkit::*;
 
@@ -144,31 +143,13 @@ fn post(base: &str, path: &str, body: &[u8], headers: &str) -> u16 {
     post_status(base.trim_start_matches("http://"), path, body, headers)
 }
 
-fn rec_request(server: &NbdeServer, org: &str, device: &str) -> (String, Vec<u8>) {
-    let v = json_of(&server.admin_ok(&["device", "list", "--org", org, "--json"]));
-    let d = v["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == device)
-        .unwrap()
-        .clone();
-    let curve = Curve::from_name(d["curve"].as_str().unwrap()).unwrap();
-    let mut body = Jwk::from_point(&curve.random_scalar().unwrap().public_point());
-    body.set("alg", "ECMR".into());
-    (
-        format!("/o/{org}/d/{device}/rec/{}", d["kid"].as_str().unwrap()),
-        body.to_value().to_string().into_bytes(),
-    )
-}
-
 #[test]
 fn allow_once_is_used_by_exactly_one_of_fifty_concurrent_requests() {
     let server = NbdeServer::start(&[]);
     server.add_device("acme", "race", Some("P-256"));
     server.admin_ok(&["device", "disable", "acme/race"]);
     server.admin_ok(&["allow-once", "acme/race"]);
-    let (path, body) = rec_request(&server, "acme", "race");
+    let (path, body) = server.rec_request("acme", "race");
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
     let threads: Vec<_> = (0..50)
         .map(|_| {
@@ -215,7 +196,7 @@ fn allow_once_is_used_by_exactly_one_of_fifty_concurrent_requests() {
 fn sources_netlists_and_spoofed_forwarding_headers() {
     let server = NbdeServer::start(&[]);
     server.add_device("acme", "web", Some("P-256"));
-    let (path, body) = rec_request(&server, "acme", "web");
+    let (path, body) = server.rec_request("acme", "web");
     let list = server.admin_ok(&["device", "list", "--org", "acme"]);
     assert!(list.contains("source: any source"), "{list}");
     assert_eq!(post(&server.url, &path, &body, ""), 200);
@@ -278,7 +259,7 @@ fn a_trusted_proxy_forwards_the_client_address() {
     let server = NbdeServer::start(&["--config", file.to_str().unwrap()]);
     server.add_device("acme", "web", Some("P-256"));
     server.admin_ok(&["allow", "add", "acme/web", "10.9.9.9"]);
-    let (path, body) = rec_request(&server, "acme", "web");
+    let (path, body) = server.rec_request("acme", "web");
     assert_eq!(
         post(&server.url, &path, &body, "X-Forwarded-For: 10.9.9.9\r\n"),
         200
@@ -312,8 +293,8 @@ fn a_flood_meets_its_own_rate_limit_and_nobody_else_s() {
     let server = NbdeServer::start(&["--config", file.to_str().unwrap()]);
     server.add_device("acme", "flooded", Some("P-256"));
     server.add_device("acme", "quiet", Some("P-256"));
-    let (flooded, flood_body) = rec_request(&server, "acme", "flooded");
-    let (quiet, quiet_body) = rec_request(&server, "acme", "quiet");
+    let (flooded, flood_body) = server.rec_request("acme", "flooded");
+    let (quiet, quiet_body) = server.rec_request("acme", "quiet");
     let from = |ip: &str| format!("X-Forwarded-For: {ip}\r\n");
 
     let statuses: Vec<u16> = (0..20)

@@ -128,6 +128,15 @@ pub fn add_key(dir: &Path, template: &str) {
     std::fs::write(dir.join(name), jwk).unwrap();
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }

@@ -196,6 +196,28 @@ impl NbdeServer {
 
     /// The decision history as JSON rows, newest first (all of it: tests stay well under
     /// the limit).
+    /// A raw `POST /rec` for `org/device`: its path (with the advertised kid) and a body
+    /// holding a fresh client key on the device's curve.
+    pub fn rec_request(&self, org: &str, device: &str) -> (String, Vec<u8>) {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.admin_ok(&["device", "list", "--org", org, "--json"]))
+                .unwrap();
+        let d = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == device)
+            .unwrap()
+            .clone();
+        let curve = nbde_proto::Curve::from_name(d["curve"].as_str().unwrap()).unwrap();
+        let mut body = nbde_proto::Jwk::from_point(&curve.random_scalar().unwrap().public_point());
+        body.set("alg", "ECMR".into());
+        (
+            format!("/o/{org}/d/{device}/rec/{}", d["kid"].as_str().unwrap()),
+            body.to_value().to_string().into_bytes(),
+        )
+    }
+
     pub fn history(&self, device: Option<&str>) -> Vec<serde_json::Value> {
         let mut args = vec!["history", "--json", "--limit", "100000"];
         if let Some(d) = device {

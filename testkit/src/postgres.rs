@@ -8,6 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use crate::free_port;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The superuser the cluster is made with (and the OS user it runs as).
@@ -54,14 +56,6 @@ fn system_user() -> (u32, u32) {
                 .then(|| (fields[2].parse().unwrap(), fields[3].parse().unwrap()))
         })
         .expect("no postgres system user (the test command installs postgresql)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn random_hex() -> String {
