@@ -7,6 +7,7 @@ pub mod config;
 pub mod curve;
 pub mod error;
 pub mod http;
+pub mod kek;
 pub mod keys;
 pub mod metrics;
 pub mod net;

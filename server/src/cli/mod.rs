@@ -39,6 +39,7 @@ pub fn run(args: Args) -> Result<(), String> {
         Command::Serve(a) => init::serve(a),
         Command::Init(a) => init::init(a),
         Command::Migrate(a) => init::migrate(a),
+        Command::Rekey(a) => init::rekey(a),
         Command::Org(OrgArgs { command }) => org(&client()?, command),
         Command::Device(DeviceArgs { command }) => device(&client()?, command),
         Command::Allow(AllowArgs { command }) => {

@@ -15,6 +15,7 @@ mod devices;
 mod erasure;
 mod escrow;
 mod rec;
+mod sealing;
 mod sources;
 mod tls;
 mod watch;
@@ -30,10 +31,11 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_console.sql"),
     include_str!("../../../migrations/postgres/0003_webhooks.sql"),
+    include_str!("../../../migrations/postgres/0004_key_encryption.sql"),
 ];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.

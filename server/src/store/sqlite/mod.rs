@@ -9,6 +9,7 @@ mod devices;
 mod erasure;
 mod escrow;
 mod rec;
+mod sealing;
 mod sources;
 mod webhooks;
 
@@ -20,12 +21,13 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_policy.sql"),
     include_str!("../../../migrations/0003_escrow.sql"),
     include_str!("../../../migrations/0004_console.sql"),
     include_str!("../../../migrations/0005_webhooks.sql"),
+    include_str!("../../../migrations/0006_key_encryption.sql"),
 ];
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
