@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod kek;
 pub mod keys;
+pub mod liveness;
 pub mod metrics;
 pub mod net;
 pub mod policy;

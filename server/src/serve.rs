@@ -73,6 +73,7 @@ pub fn run(config: Config, kek: &KekSource) -> Result<(), String> {
     );
     state.watch_changes().map_err(|e| e.to_string())?;
     state.start_webhooks().map_err(|e| e.to_string())?;
+    crate::liveness::start(&state).map_err(|e| format!("liveness checker: {e}"))?;
     tracing::info!(store = %location, "store open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

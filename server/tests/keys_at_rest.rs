@@ -157,8 +157,15 @@ fn make_plain(data: &Path, kek: &Path) {
             .unwrap();
         }
     }
-    db.execute_batch("DROP TABLE key_encryption; PRAGMA user_version = 5;")
-        .unwrap();
+    // Schema version 5: without what versions 6 (key_encryption) and 7 (liveness) added.
+    db.execute_batch(
+        "DROP TABLE key_encryption;
+         ALTER TABLE orgs DROP COLUMN max_silence;
+         ALTER TABLE devices DROP COLUMN max_silence;
+         ALTER TABLE devices DROP COLUMN alive_since;
+         PRAGMA user_version = 5;",
+    )
+    .unwrap();
 }
 
 /// A private KEK file of 32 random bytes that is not the store's.

@@ -480,7 +480,23 @@ pub enum OrgCommand {
     Add(OrgAdd),
     List(OrgList),
     Set(OrgSet),
+    Liveness(OrgLivenessArgs),
     EscrowKey(OrgEscrowKey),
+}
+
+#[derive(FromArgs)]
+/// The org's liveness check: its devices silent (no recovery asked) for longer than
+/// --max-silence are disabled; a device's own setting wins.
+#[argh(subcommand, name = "liveness")]
+pub struct OrgLivenessArgs {
+    #[argh(positional)]
+    pub org: String,
+    /// the longest silence (90s, 15m, 12h, 30d), or "none"
+    #[argh(option)]
+    pub max_silence: String,
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs)]

@@ -276,6 +276,43 @@ pub trait Webhooks {
     fn webhook_rm(&self, org: &str, id: i64) -> Result<()>;
 }
 
+/// A device the liveness check disabled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Silenced {
+    pub org: String,
+    pub device: String,
+    /// Seconds since its last sign of life (request, creation or enabling).
+    pub silent_for: i64,
+    pub max_silence: i64,
+}
+
+impl Silenced {
+    /// The history row's and the audit row's reason.
+    pub fn reason(&self) -> String {
+        format!(
+            "disabled: silent for {} (max_silence {})",
+            crate::liveness::human(self.silent_for),
+            crate::liveness::human(self.max_silence)
+        )
+    }
+}
+
+/// The liveness check: `max_silence` per org and per device (the device's wins), and the
+/// disabling of devices silent for longer.
+pub trait Liveness {
+    fn set_org_max_silence(&self, org: &str, seconds: Option<i64>) -> Result<()>;
+    fn set_device_max_silence(&self, org: &str, device: &str, seconds: Option<i64>) -> Result<()>;
+    /// (the device's own, its org's).
+    fn max_silence(&self, org: &str, device: &str) -> Result<(Option<i64>, Option<i64>)>;
+    /// The shortest max_silence set anywhere: the check's pace. None if none is set.
+    fn shortest_max_silence(&self) -> Result<Option<i64>>;
+    /// Disables every active device whose last sign of life (newest history row, creation,
+    /// enabling) is more than its max_silence before `now`; each in a transaction of its
+    /// own whose UPDATE is guarded by the same condition, with its history and audit rows,
+    /// so that of several replicas checking at once exactly one disables a device.
+    fn disable_silent(&self, now: i64) -> Result<Vec<Silenced>>;
+}
+
 /// What applying a decision's effect did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -324,6 +361,7 @@ pub trait Rec {
 
 pub trait Backend:
     Devices
+    + Liveness
     + SealedKeys
     + Escrow
     + Sources
@@ -340,6 +378,7 @@ pub trait Backend:
 
 impl<
     T: Devices
+        + Liveness
         + SealedKeys
         + Escrow
         + Sources

@@ -207,9 +207,12 @@ impl Devices for Postgres {
             if state == DeviceState::Retired {
                 retire(&mut tx, id)?;
             } else {
+                // Enabling restarts the liveness clock.
                 tx.execute(
-                    "UPDATE devices SET state = $1 WHERE id = $2",
-                    &[&state.as_str(), &id],
+                    "UPDATE devices SET state = $1,
+                         alive_since = CASE WHEN $1 = 'active' THEN $3 ELSE alive_since END
+                     WHERE id = $2",
+                    &[&state.as_str(), &id, &now()],
                 )?;
             }
             tx.commit().map(Ok)

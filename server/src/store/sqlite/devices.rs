@@ -167,9 +167,12 @@ impl Devices for Sqlite {
             if state == DeviceState::Retired {
                 retire(&tx, id)?;
             } else {
+                // Enabling restarts the liveness clock.
                 tx.execute(
-                    "UPDATE devices SET state = ?1 WHERE id = ?2",
-                    params![state.as_str(), id],
+                    "UPDATE devices SET state = ?1,
+                         alive_since = CASE WHEN ?1 = 'active' THEN ?3 ELSE alive_since END
+                     WHERE id = ?2",
+                    params![state.as_str(), id, now()],
                 )?;
             }
             tx.commit().map(Ok)
