@@ -55,7 +55,8 @@ fn ensure_kek(location: &Location, source: &KekSource) -> Result<(), String> {
     }
     kek_file::create(path, &Kek::generate().map_err(|e| e.to_string())?)?;
     eprintln!(
-        "nbde-server: key-encryption key created at {} (keep it apart from the store's          backups, and back it up on its own: without it the store's keys are lost)",
+        "nbde-server: key-encryption key created at {} (keep it apart from the store's \
+         backups, and back it up on its own: without it the store's keys are lost)",
         path.display()
     );
     Ok(())
