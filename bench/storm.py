@@ -433,14 +433,16 @@ def main():
 
         if has_postgres():
             pg, url = start_pg(procs, work)
-            token = init_store(["--database", url])
-            one, port1 = start_server(procs, ["--database", url])
+            # The replicas share one key-encryption key, beside the work directory's store.
+            kek = ["--kek-file", os.path.join(work, "pg.kek")]
+            token = init_store(["--database", url] + kek)
+            one, port1 = start_server(procs, ["--database", url] + kek)
             admin = Admin(port1, token)
             admin.post("/orgs", {"name": "bench"})
             device = admin.post("/orgs/bench/devices", {"name": "pg", "curve": "P-521"})
             measure("nbde-server per-device, PostgreSQL", port1, device_path(device), args.body,
                     [one.pid], args, floor_us, rows)
-            two, port2 = start_server(procs, ["--database", url])
+            two, port2 = start_server(procs, ["--database", url] + kek)
             proxy, port = start_haproxy(procs, work, [port1, port2])
             measure("nbde-server per-device, PostgreSQL, 2 replicas + haproxy", port,
                     device_path(device), args.body, [one.pid, two.pid], args, floor_us, rows)

@@ -5,14 +5,16 @@ distribution's clevis, used, removed and purged.
 
 - lintian: no error and no warning (tags we keep are explained in packaging/lintian/).
 - `systemd-analyze verify` on the installed unit; the service's user, its state directory
-  (0700) and its configuration (0640, the service's group) exist.
+  (0700), its configuration (0640, the service's group) and its key-encryption key
+  (/etc/nbde/private/kek, 0400, in a 0700 directory, both the service user's) exist.
 - The server runs as the unit runs it (its user, its configuration file), `nbde-server
   init` as that user prints the owner token, a device is added, and `clevis encrypt` /
   `clevis decrypt` (nbde-unlock through the nbde-clevis diversion) recover through it.
 - The distribution's clevis is kept as /usr/bin/clevis.distrib while nbde-clevis is
   installed, and is back, byte for byte, when it is removed. `dpkg --verify` is clean.
-- Purge leaves no file behind but the store in /var/lib/nbde-server (and what dpkg and
-  the user database keep); with NBDE_PURGE_DATA=yes the store goes too.
+- Purge leaves no file behind but the store in /var/lib/nbde-server and its key in
+  /etc/nbde/private (and what dpkg and the user database keep); with NBDE_PURGE_DATA=yes
+  they go too.
 
     python3 packaging/test.py      (root, Debian 12; builds the packages first)
 """
@@ -30,6 +32,7 @@ import chroots  # noqa: E402
 
 # What may change in the file tree between "before install" and "after purge".
 KEPT = ("var/lib/nbde-server",  # the store, kept on purge unless asked
+        "etc/nbde/private",  # the key-encryption key of the store's keys, likewise
         "var/lib/dpkg/", "var/log/", "var/cache/", "var/lib/apt/", "var/lib/systemd/deb-systemd-",
         "etc/passwd", "etc/group", "etc/shadow", "etc/gshadow", "etc/subuid", "etc/subgid",
         "etc/ld.so.cache", "tmp/", "root/", "run/")  # /run: a tmpfs on a booted system
@@ -103,9 +106,12 @@ def main():
         security = subprocess.run(["chroot", root, "systemd-analyze", "security", "--offline=true",
                                    "/usr/lib/systemd/system/nbde-server.service"], capture_output=True, text=True)
         print("systemd-analyze security: " + (security.stdout.strip().splitlines() or ["?"])[-1])
-        modes = out(root, "stat -c '%n %a %U:%G' /var/lib/nbde-server /etc/nbde/server.toml")
-        assert modes.split("\n")[:2] == ["/var/lib/nbde-server 700 _nbde-server:_nbde-server",
-                                         "/etc/nbde/server.toml 640 root:_nbde-server"], modes
+        modes = out(root, "stat -c '%n %a %U:%G' /var/lib/nbde-server /etc/nbde/server.toml "
+                          "/etc/nbde/private /etc/nbde/private/kek")
+        assert modes.split("\n")[:4] == ["/var/lib/nbde-server 700 _nbde-server:_nbde-server",
+                                         "/etc/nbde/server.toml 640 root:_nbde-server",
+                                         "/etc/nbde/private 700 _nbde-server:_nbde-server",
+                                         "/etc/nbde/private/kek 400 _nbde-server:_nbde-server"], modes
         diverted = out(root, "dpkg-divert --listpackage /usr/bin/clevis; readlink /usr/bin/clevis")
         assert diverted.split() == ["nbde-clevis", "nbde-unlock"], diverted
         assert open(os.path.join(root, "usr/bin/clevis.distrib"), "rb").read() == stock
@@ -153,13 +159,16 @@ clevis decrypt < /tmp/jwe > /tmp/plain
         print("nbde-clevis removed: the distribution's clevis is back at /usr/bin/clevis, byte for byte")
 
         sh(root, f"dpkg --purge {names} >/dev/null 2>&1; rm -rf /tmp/debs /tmp/*.log /tmp/root-init.err /tmp/jwe /tmp/plain /tmp/device.json")
-        left = sorted(p for p in tree(root) - before if not p.startswith(KEPT))
+        # /etc/nbde itself stays while it holds the kept key.
+        left = sorted(p for p in tree(root) - before if not p.startswith(KEPT) and p != "etc/nbde")
         assert not left, f"purge left: {left}"
         assert os.path.isdir(os.path.join(root, "var/lib/nbde-server")), "purge removed the store"
-        print("purged: nothing left but the store in /var/lib/nbde-server")
+        assert os.path.isfile(os.path.join(root, "etc/nbde/private/kek")), "purge removed the store's key"
+        print("purged: nothing left but the store in /var/lib/nbde-server and its key in /etc/nbde/private")
         shutil.copy([d for d in built if "nbde-server_" in d][0], os.path.join(root, "tmp/nbde-server.deb"))
         sh(root, "dpkg -i /tmp/nbde-server.deb >/dev/null && NBDE_PURGE_DATA=yes dpkg --purge nbde-server >/dev/null 2>&1")
         assert not os.path.exists(os.path.join(root, "var/lib/nbde-server")), "NBDE_PURGE_DATA=yes kept the store"
+        assert not os.path.exists(os.path.join(root, "etc/nbde/private")), "NBDE_PURGE_DATA=yes kept the key"
         print("purged with NBDE_PURGE_DATA=yes: the store is gone too")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -19,23 +19,25 @@ fn ours_as(server: &NbdeServer, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Every private JWK the server's database holds (exchange and signing keys).
-fn server_private_keys(data: &Path) -> Vec<Jwk> {
+/// Every private JWK the server's database holds (exchange and signing keys), opened
+/// with its key-encryption key.
+fn server_private_keys(server: &NbdeServer) -> Vec<Jwk> {
+    let keys = testkit::sealed_keys::sqlite_private_keys(server.data.path(), &server.kek);
+    keys.into_iter()
+        .map(|k| {
+            assert!(k.jwk.as_map().contains_key("d"), "a private key");
+            k.jwk
+        })
+        .collect()
+}
+
+/// A piece of the device's sealed exchange key as the store keeps it on disk.
+fn sealed_piece(data: &Path) -> Vec<u8> {
     let db = data.join("nbde.sqlite");
-    let mut keys = Vec::new();
-    for table in ["exchange_keys", "signing_keys"] {
-        let out = run_ok(
-            "sqlite3",
-            &[s(&db), &format!("SELECT jwk FROM {table}")],
-            b"",
-        );
-        for line in String::from_utf8(out).unwrap().lines() {
-            let jwk = Jwk::from_value(serde_json::from_str(line).unwrap()).unwrap();
-            assert!(jwk.as_map().contains_key("d"), "a private key");
-            keys.push(jwk);
-        }
-    }
-    keys
+    let out = run_ok("sqlite3", &[s(&db), "SELECT jwk FROM exchange_keys"], b"");
+    let text = String::from_utf8(out).unwrap();
+    let ciphertext = text.lines().next().unwrap().rsplit('.').next().unwrap();
+    ciphertext.as_bytes()[..64].to_vec()
 }
 
 /// Files under `dir` whose bytes contain `needle`.
@@ -116,7 +118,7 @@ fn a_destroyed_header_comes_back_from_escrow_and_the_server_cannot_read_it() {
         Jwk::from_value(serde_json::from_slice(&std::fs::read(&t.escrow_key).unwrap()).unwrap())
             .unwrap();
     assert!(jwe.decrypt_ecdh_es(&customer.scalar().unwrap()).is_ok());
-    let own = server_private_keys(t.server.data.path());
+    let own = server_private_keys(&t.server);
     assert!(own.len() >= 2);
     for key in &own {
         assert!(
@@ -178,14 +180,17 @@ fn sovereign_tells_the_server_and_leaves_no_key_or_blob_on_its_disk() {
         .admin_ok(&["device", "escrow", "get", "acme/web1", "--out", s(&blob)]);
     let blob = std::fs::read_to_string(&blob).unwrap();
     let blob_piece = blob.trim().rsplit('.').nth(1).unwrap().as_bytes()[1000..1064].to_vec();
-    let exchange = server_private_keys(t.server.data.path())
+    let exchange = server_private_keys(&t.server)
         .into_iter()
         .find(|k| k.allows("deriveKey"))
         .unwrap();
     let d = exchange.str_member("d").unwrap().unwrap().to_owned();
     let data = t.server.data.path().to_owned();
-    // The control: before, both are on the server's disk.
-    assert!(!files_containing(&data, d.as_bytes()).is_empty());
+    let sealed = sealed_piece(&data);
+    // The private scalar is never on disk: it is sealed under the key-encryption key.
+    assert_eq!(files_containing(&data, d.as_bytes()), Vec::<String>::new());
+    // The control: before, the sealed key and the blob are on the server's disk.
+    assert!(!files_containing(&data, &sealed).is_empty());
     assert!(!files_containing(&data, &blob_piece).is_empty());
 
     // The server down: refused before the header is touched.
@@ -225,7 +230,7 @@ fn sovereign_tells_the_server_and_leaves_no_key_or_blob_on_its_disk() {
     assert!(audit.contains("device mode sovereign"), "{audit}");
     for round in ["after sovereign", "after a restart"] {
         assert_eq!(
-            files_containing(&data, d.as_bytes()),
+            files_containing(&data, &sealed),
             Vec::<String>::new(),
             "{round}"
         );

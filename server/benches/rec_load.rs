@@ -138,7 +138,8 @@ fn main() {
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data")
-        .arg(data.path())
+        // A store directory of its own: its key-encryption key goes beside it, in `data`.
+        .arg(data.path().join("store"))
         .arg("--tang-dir")
         .arg(keys.path())
         .env("NBDE_LOG", "warn")

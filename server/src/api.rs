@@ -69,6 +69,20 @@ pub struct OrgSettings {
     pub require_source: bool,
 }
 
+/// A liveness setting, of an org or a device: the longest silence (no `/rec` request),
+/// in seconds, before the device is disabled; null for none (a device's null falls back to
+/// its org's).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MaxSilence {
+    pub max_silence: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrgLiveness {
+    pub org: String,
+    pub max_silence: Option<i64>,
+}
+
 // ---- devices ----
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,6 +120,10 @@ pub struct Device {
     /// The encrypted header backup held for the device (not its content); null if none.
     #[serde(default)]
     pub escrow: Option<EscrowInfo>,
+    /// The liveness check in force: the device's max_silence, else its org's (seconds);
+    /// null if none.
+    #[serde(default)]
+    pub max_silence: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -136,6 +136,22 @@ impl Client {
         self.post(&format!("/orgs/{org}/settings"), Some(settings))
     }
 
+    pub fn set_org_liveness(&self, org: &str, setting: &MaxSilence) -> Result<OrgLiveness, String> {
+        self.post(&format!("/orgs/{org}/liveness"), Some(setting))
+    }
+
+    pub fn set_device_liveness(
+        &self,
+        org: &str,
+        device: &str,
+        setting: &MaxSilence,
+    ) -> Result<Device, String> {
+        self.post(
+            &format!("/orgs/{org}/devices/{device}/liveness"),
+            Some(setting),
+        )
+    }
+
     pub fn add_device(&self, org: &str, device: &NewDevice) -> Result<Device, String> {
         self.post(&format!("/orgs/{org}/devices"), Some(device))
     }

@@ -31,6 +31,9 @@ pub struct Config {
     /// the public URL if unset.
     pub console_origin: Option<String>,
     pub tang_dir: Option<PathBuf>,
+    /// The key-encryption key the private keys are sealed under (see `kek::file` for
+    /// where it is looked for when unset).
+    pub kek_file: Option<PathBuf>,
     /// Token buckets on `/rec` per source address and per device.
     #[serde(default)]
     pub rate_limit: RateLimits,

@@ -1,7 +1,8 @@
 //! Key material in memory: organisations' signing keys, devices' exchange keys, and the
-//! signed advertisements built from them. Keys are parsed, indexed by every thumbprint a
-//! client may name them by, and advertisements signed when the ring is loaded after a key
-//! change, so a request only looks things up.
+//! signed advertisements built from them. Keys are opened (they are sealed at rest, see
+//! `kek`), parsed, indexed by every thumbprint a client may name them by, and
+//! advertisements signed when the ring is loaded after a key change, so a request only
+//! looks things up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use nbde_proto::{Curve, EcScalar, Jwk, Jws, ThumbprintHash};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Result};
+use crate::kek::{Kek, KeySlot};
 use crate::policy::DeviceState;
 use crate::store::{DeviceRow, OrgRow, Store};
 
@@ -45,11 +47,15 @@ fn random(curve: Curve) -> Result<nbde_proto::EcScalar> {
         .map_err(|e| ApiError::Internal(format!("key generation: {e}")))
 }
 
-fn parse_jwk(text: &str) -> Result<Jwk> {
-    serde_json::from_str(text)
+/// Opens a stored (sealed) key of `slot` and parses it.
+fn open_jwk(kek: &Kek, slot: &KeySlot<'_>, stored: &str) -> Result<Jwk> {
+    let text = kek
+        .open(slot, stored)
+        .map_err(|e| ApiError::Internal(format!("{slot}: {e}")))?;
+    serde_json::from_str(&text)
         .ok()
         .and_then(|v| Jwk::from_value(v).ok())
-        .ok_or_else(|| ApiError::Internal("stored key is not a JWK".into()))
+        .ok_or_else(|| ApiError::Internal(format!("{slot}: not a JWK")))
 }
 
 /// The public half as Tang advertises it: no private members, `key_ops` limited to the
@@ -111,11 +117,12 @@ pub struct OrgKeys {
 }
 
 impl OrgKeys {
-    fn load(org: OrgRow) -> Result<OrgKeys> {
+    fn load(kek: &Kek, org: OrgRow) -> Result<OrgKeys> {
+        let slot = KeySlot::Signing { org: &org.name };
         let signing = org
             .signing_keys
             .iter()
-            .map(|k| parse_jwk(k))
+            .map(|k| open_jwk(kek, &slot, k))
             .collect::<Result<Vec<_>>>()?;
         let signing_kids = signing
             .iter()
@@ -156,10 +163,19 @@ struct ExchangeSet {
 }
 
 impl ExchangeSet {
-    fn load(org: &OrgKeys, stored: Vec<(String, bool)>) -> Result<ExchangeSet> {
+    fn load(
+        kek: &Kek,
+        org: &OrgKeys,
+        device: &str,
+        stored: Vec<(String, bool)>,
+    ) -> Result<ExchangeSet> {
+        let slot = KeySlot::Exchange {
+            org: &org.name,
+            device,
+        };
         let parsed = stored
             .iter()
-            .map(|(k, shown)| Ok((parse_jwk(k)?, *shown)))
+            .map(|(k, shown)| Ok((open_jwk(kek, &slot, k)?, *shown)))
             .collect::<Result<Vec<_>>>()?;
         let adv = if parsed.is_empty() {
             None
@@ -207,6 +223,7 @@ impl DeviceKeys {
     /// A device's keys from its row; the derived set of `previous` is reused if neither
     /// its keys nor the org's signing keys changed.
     fn load(
+        kek: &Kek,
         org: Arc<OrgKeys>,
         row: DeviceRow,
         previous: Option<&Arc<DeviceKeys>>,
@@ -223,7 +240,7 @@ impl DeviceKeys {
             .filter(|set| set.source.0 == exchange_keys && set.source.1 == org.source);
         let set = match kept {
             Some(set) => set,
-            None => Arc::new(ExchangeSet::load(&org, exchange_keys)?),
+            None => Arc::new(ExchangeSet::load(kek, &org, &name, exchange_keys)?),
         };
         Ok(Arc::new(DeviceKeys {
             id,
@@ -287,9 +304,10 @@ impl KeyRing {
     /// Loads the ring, reusing from `previous` the signed advertisements of devices whose
     /// keys did not change: a reload after an admin change signs only what changed.
     pub fn load(store: &Store, previous: Option<&KeyRing>) -> Result<KeyRing> {
+        let kek = store.kek()?;
         let mut ring = KeyRing::default();
         for org in store.orgs()? {
-            let keys = OrgKeys::load(org)?;
+            let keys = OrgKeys::load(kek, org)?;
             ring.orgs.insert(keys.name.clone(), Arc::new(keys));
         }
         let mut devices: HashMap<String, OrgDevices> = HashMap::new();
@@ -298,7 +316,7 @@ impl KeyRing {
                 continue;
             };
             let kept = previous.and_then(|p| p.device(&device.org, &device.name));
-            let keys = DeviceKeys::load(org, device, kept)?;
+            let keys = DeviceKeys::load(kek, org, device, kept)?;
             devices
                 .entry(keys.org.name.clone())
                 .or_default()
@@ -316,6 +334,7 @@ impl KeyRing {
     /// org is not in this ring (the caller then loads the whole ring).
     pub fn with_device(
         &self,
+        kek: &Kek,
         org: &str,
         name: &str,
         row: Option<DeviceRow>,
@@ -327,7 +346,7 @@ impl KeyRing {
         let map = Arc::make_mut(ring.devices.entry(org.to_owned()).or_default());
         match row {
             Some(row) => {
-                let keys = DeviceKeys::load(org_keys, row, self.device(org, name))?;
+                let keys = DeviceKeys::load(kek, org_keys, row, self.device(org, name))?;
                 map.insert(name.to_owned(), keys);
             }
             None => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::http::{AppState, Settings, app};
-use crate::store::Store;
+use crate::kek::file::{KekSource, open_store};
 use crate::tang_dir::TangDir;
 
 fn tls_config(
@@ -44,10 +44,11 @@ fn console_origin(config: &Config) -> Option<String> {
     }
 }
 
-pub fn run(config: Config) -> Result<(), String> {
+/// Runs the server on the store of `config`, its keys opened with the KEK from `kek`.
+pub fn run(config: Config, kek: &KekSource) -> Result<(), String> {
     config.check_transport()?;
     let location = config.location()?;
-    let store = Store::open_location(&location).map_err(|e| e.to_string())?;
+    let store = open_store(&location, kek)?;
     let tang_dir = config
         .tang_dir
         .clone()
@@ -72,6 +73,7 @@ pub fn run(config: Config) -> Result<(), String> {
     );
     state.watch_changes().map_err(|e| e.to_string())?;
     state.start_webhooks().map_err(|e| e.to_string())?;
+    crate::liveness::start(&state).map_err(|e| format!("liveness checker: {e}"))?;
     tracing::info!(store = %location, "store open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

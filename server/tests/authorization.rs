@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode};
 use nbde_server::api::Role;
 use nbde_server::http::admin::{new_token, token_hash};
 use nbde_server::http::{AppState, Settings, app};
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::store::{EscrowKeyRow, NewEscrowRow, Store};
 use serde_json::json;
@@ -252,7 +253,10 @@ fn token_for(store: &Store, account: i64) -> String {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
     for role in [Role::Owner, Role::Approver, Role::Viewer] {

@@ -14,6 +14,7 @@ use nbde_proto::Curve;
 use nbde_server::api::Role;
 use nbde_server::http::admin::{new_token, token_hash};
 use nbde_server::http::{AppState, Settings, app};
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::policy::DeviceState;
 use nbde_server::store::Store;
@@ -29,7 +30,10 @@ struct Console {
 
 fn console() -> Console {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     store
         .add_org("acme", &keys::generate_signing_key().unwrap())
         .unwrap();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use nbde_proto::{Curve, EcScalar, Jwe, Jwk, ThumbprintHash, b64};
 use nbde_server::api::{NewEscrow, NewEscrowKey};
 use nbde_server::client::Client;
+use nbde_server::kek::Kek;
 use nbde_server::store::{EscrowKeyRow, NewEscrowRow, Store};
 use serde_json::{Value, json};
 use testkit::*;
@@ -77,8 +78,8 @@ fn fails_with_status(result: Result<impl std::fmt::Debug, String>, status: u16) 
     message
 }
 
-/// The private `d` of every exchange key of `device`, read from the database itself.
-fn private_keys(data: &Path, device: &str) -> Vec<String> {
+/// Every exchange key of `device` as the database holds it (sealed).
+fn stored_keys(data: &Path, device: &str) -> Vec<String> {
     let db = rusqlite::Connection::open_with_flags(
         data.join("nbde.sqlite"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -92,23 +93,24 @@ fn private_keys(data: &Path, device: &str) -> Vec<String> {
         .unwrap();
     stmt.query_map([device], |r| r.get::<_, String>(0))
         .unwrap()
-        .map(|jwk| {
-            let v: Value = serde_json::from_str(&jwk.unwrap()).unwrap();
-            v["d"].as_str().unwrap().to_owned()
-        })
+        .map(|stored| stored.unwrap())
         .collect()
 }
 
 /// What must vanish with a key: its `d` as base64url text and as raw scalar bytes.
-fn key_needles(device: &str, ds: &[String]) -> Vec<(String, Vec<u8>)> {
-    ds.iter()
+/// Pieces of sealed keys as stored (the whole text and its ciphertext's start): what
+/// would open, with the key-encryption key, a destroyed key from a copy of the files.
+fn key_needles(device: &str, stored: &[String]) -> Vec<(String, Vec<u8>)> {
+    stored
+        .iter()
         .enumerate()
-        .flat_map(|(i, d)| {
+        .flat_map(|(i, text)| {
+            let ciphertext = text.rsplit('.').next().unwrap();
             [
-                (format!("{device} key {i} d text"), d.as_bytes().to_vec()),
+                (format!("{device} key {i} sealed"), text.as_bytes().to_vec()),
                 (
-                    format!("{device} key {i} d bytes"),
-                    b64::decode(d, "d").unwrap(),
+                    format!("{device} key {i} ciphertext"),
+                    ciphertext.as_bytes()[..48].to_vec(),
                 ),
             ]
         })
@@ -198,9 +200,9 @@ fn destroyed_keys_and_escrow_are_in_no_file_of_the_data_dir() {
     }
     let data = server.data.path().to_path_buf();
     let (web1, web2, web3) = (
-        private_keys(&data, "web1"),
-        private_keys(&data, "web2"),
-        private_keys(&data, "web3"),
+        stored_keys(&data, "web1"),
+        stored_keys(&data, "web2"),
+        stored_keys(&data, "web3"),
     );
     assert_eq!((web1.len(), web2.len(), web3.len()), (2, 2, 1));
 
@@ -437,7 +439,7 @@ fn an_erasure_that_cannot_be_confirmed_is_an_error_and_is_finished_later() {
     let server = NbdeServer::start(&[]);
     server.add_device("acme", "web1", Some("P-256"));
     let data = server.data.path().to_path_buf();
-    let destroyed = key_needles("web1", &private_keys(&data, "web1"));
+    let destroyed = key_needles("web1", &stored_keys(&data, "web1"));
     // A reader holding a snapshot keeps the WAL, and the key in it, from being emptied.
     let reader = rusqlite::Connection::open(data.join("nbde.sqlite")).unwrap();
     reader.execute_batch("BEGIN").unwrap();
@@ -557,7 +559,10 @@ fn secure_delete_alone_leaves_copies_that_erasure_removes() {
         } else {
             tempdir()
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path())
+            .unwrap()
+            .with_kek(Kek::generate().unwrap())
+            .unwrap();
         let (gone, live) = churn(&store, seed);
         let (gone, live) = (prefixes(&gone), prefixes(&live));
         let other = rusqlite::Connection::open(dir.path().join("nbde.sqlite")).unwrap();

@@ -11,9 +11,25 @@ use testkit::{bin, tempdir};
 fn nbde_server_is_not_dumpable() {
     let data = tempdir();
     std::os::unix::fs::chown(data.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    // Its key-encryption key, nobody's and private, beside the data directory.
+    let keys = tempdir();
+    std::os::unix::fs::chown(keys.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let kek = keys.path().join("kek");
+    std::fs::write(&kek, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    std::os::unix::fs::chown(&kek, Some(NOBODY), Some(NOBODY)).unwrap();
     let server = bin("nbde-server");
     let path = data.path().to_str().unwrap();
-    let args = ["serve", "--data", path, "--listen", "127.0.0.1:0"];
+    let kek = kek.to_str().unwrap();
+    let args = [
+        "serve",
+        "--data",
+        path,
+        "--listen",
+        "127.0.0.1:0",
+        "--kek-file",
+        kek,
+    ];
     let mut child = spawn_as_nobody(&server, &args);
     let readable = readable_by_its_user_once_running(&child, &server, Duration::from_secs(2));
     let exited = child.try_wait().unwrap();

@@ -9,14 +9,21 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nbde_proto::{Curve, b64};
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::policy::{DeviceState, Effect};
 use nbde_server::store::history::Entry;
 use nbde_server::store::{EscrowKeyRow, Location, NewEscrowRow, Store, StoreError};
 use testkit::{NbdeServer, Postgres, bin, run};
 
+/// One KEK for every store of this process: a test opens one database several times.
+static KEK: std::sync::LazyLock<Kek> = std::sync::LazyLock::new(|| Kek::generate().unwrap());
+
 fn open(url: &str) -> Store {
-    Store::open_location(&Location::database(url).unwrap()).unwrap()
+    Store::open_location(&Location::database(url).unwrap())
+        .unwrap()
+        .with_kek(KEK.clone())
+        .unwrap()
 }
 
 /// Org "acme" with device "web1"; its id.
@@ -113,13 +120,17 @@ fn scan(dir: &Path, needles: &[(&str, Vec<u8>)]) -> Vec<(String, PathBuf)> {
 }
 
 /// The private `d` of an exchange key as base64url text and as raw bytes.
-fn private_needles(label: &'static str, jwk: &str) -> Vec<(&'static str, Vec<u8>)> {
-    let v: serde_json::Value = serde_json::from_str(jwk).unwrap();
-    let d = v["d"].as_str().unwrap();
-    vec![
-        (label, d.as_bytes().to_vec()),
-        (label, b64::decode(d, "d").unwrap()),
-    ]
+/// A device's key as the database holds it (sealed): the whole text and its ciphertext's
+/// start, what would open the key, with the KEK, from a copy of the cluster's files.
+fn stored_key_needles(
+    label: &'static str,
+    store: &Store,
+    device: &str,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let row = store.device_with_keys("acme", device).unwrap().unwrap();
+    let stored = row.exchange_keys[0].0.clone();
+    let ciphertext = stored.rsplit('.').next().unwrap().as_bytes()[..48].to_vec();
+    vec![(label, stored.into_bytes()), (label, ciphertext)]
 }
 
 /// Random base64url text: incompressible, so TOAST stores it as it is and a scan sees it.
@@ -162,9 +173,9 @@ fn retired_keys_and_blobs_leave_no_copy_in_the_cluster() {
     }
     // Table files as well as the WAL hold them before the erasure.
     cluster.psql("CHECKPOINT");
-    let mut gone = private_needles("gone key", &gone_key);
+    let mut gone = stored_key_needles("gone key", &store, "gone");
     gone.push(("gone blob", gone_blob.as_bytes()[..64].to_vec()));
-    let mut live = private_needles("live key", &live_key);
+    let mut live = stored_key_needles("live key", &store, "live");
     live.push(("live blob", live_blob.as_bytes()[..64].to_vec()));
     let found = |needles: &[(&str, Vec<u8>)]| {
         let mut labels: Vec<String> = scan(cluster.data_dir(), needles)
@@ -360,13 +371,28 @@ fn the_database_password_is_never_shown() {
     let cluster = Postgres::start();
     let url = cluster.create_database();
     let server = bin("nbde-server");
-    let first = run(&server, &["init", "--database", &url], b"");
+    let kek_dir = testkit::tempdir();
+    let kek = kek_dir.path().join("kek");
+    let kek = kek.to_str().unwrap();
+    let first = run(
+        &server,
+        &["init", "--database", &url, "--kek-file", kek],
+        b"",
+    );
     assert!(first.status.success());
-    let again = run(&server, &["init", "--database", &url], b"");
+    let again = run(
+        &server,
+        &["init", "--database", &url, "--kek-file", kek],
+        b"",
+    );
     let refused = String::from_utf8_lossy(&again.stderr);
     assert!(refused.contains("already initialised"), "{refused}");
     let wrong = url.replace(cluster.password(), "wrong-password");
-    let unreachable = run(&server, &["init", "--database", &wrong], b"");
+    let unreachable = run(
+        &server,
+        &["init", "--database", &wrong, "--kek-file", kek],
+        b"",
+    );
     assert!(!unreachable.status.success());
     let both = run(
         &server,

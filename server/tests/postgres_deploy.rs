@@ -3,6 +3,7 @@
 //! are refused), and the server running as the least-privileged role the README documents.
 
 use nbde_proto::Curve;
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::policy::DeviceState;
 use nbde_server::store::{Location, Store, StoreError};
@@ -32,7 +33,9 @@ fn pki(dir: &std::path::Path) -> (String, String) {
 }
 
 fn open(url: &str) -> Result<Store, StoreError> {
-    Store::open_location(&Location::database(url).unwrap())
+    let store = Store::open_location(&Location::database(url).unwrap())?;
+    store.unlock(Kek::generate().unwrap()).unwrap();
+    Ok(store)
 }
 
 fn refused(url: &str) -> String {

@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use nbde_proto::{Curve, Jwk, ThumbprintHash, b64};
 use nbde_server::http::admin::{new_token, token_hash};
 use nbde_server::http::{AppState, Settings, app};
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::store::Store;
 use serde_json::{Value, json};
@@ -49,7 +50,10 @@ async fn call(
 #[tokio::test]
 async fn audit_limit_counts_only_rows_the_caller_may_see() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     let admin = store.add_account("owner", true).unwrap();
     let owner = new_token().unwrap();
     store.add_token(admin, &token_hash(&owner)).unwrap();
@@ -114,7 +118,10 @@ fn point_body(crv: &str, x: &[u8], y: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn rec_bad_request_answers_a_fixed_problem_without_detail() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     let exchange = keys::generate_exchange_key(Curve::P256).unwrap();
     store
         .add_org("acme", &keys::generate_signing_key().unwrap())

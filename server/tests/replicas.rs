@@ -313,14 +313,22 @@ fn a_sqlite_store_moved_to_postgresql_keeps_unlocking_what_it_bound_through_the_
     let data = old.data.path().to_str().unwrap().to_owned();
     let moved = testkit::run_ok(
         &testkit::bin("nbde-server"),
-        &["migrate", "--from", &data, "--to", &database],
+        &[
+            "migrate",
+            "--from",
+            &data,
+            "--to",
+            &database,
+            "--kek-file",
+            old.kek.to_str().unwrap(),
+        ],
         b"",
     );
     let moved = String::from_utf8(moved).unwrap();
     assert!(moved.contains("exchange_keys"), "{moved}");
 
     // After: two replicas behind haproxy on the old address, so the binding's URL holds.
-    let a = NbdeServer::attach(&database, old.token.clone(), &[]);
+    let a = NbdeServer::attach(&database, old.token.clone(), &old.kek, &[]);
     let b = a.replica(&[]);
     let haproxy = Haproxy::start_on(port.parse().unwrap(), &[&a.addr(), &b.addr()]);
     for _ in 0..4 {
@@ -342,7 +350,15 @@ fn a_sqlite_store_moved_to_postgresql_keeps_unlocking_what_it_bound_through_the_
     // A second move into the now populated database is refused and changes nothing.
     let again = testkit::run(
         &testkit::bin("nbde-server"),
-        &["migrate", "--from", &data, "--to", &database],
+        &[
+            "migrate",
+            "--from",
+            &data,
+            "--to",
+            &database,
+            "--kek-file",
+            old.kek.to_str().unwrap(),
+        ],
         b"",
     );
     assert!(!again.status.success());

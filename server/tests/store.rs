@@ -3,6 +3,7 @@
 
 use nbde_proto::{Curve, Jwk};
 use nbde_server::api::{Mode, Role};
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::policy::{DeviceState, Effect, RequestState, Verdict};
 use nbde_server::store::history::Entry;
@@ -16,10 +17,16 @@ type Keep = Box<dyn std::any::Any>;
 /// store, as tuple fields drop in order).
 fn backends() -> Vec<(&'static str, Store, Keep)> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open(dir.path()).unwrap();
+    let sqlite = Store::open(dir.path())
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     let cluster = testkit::Postgres::start();
     let location = Location::database(&cluster.create_database()).unwrap();
-    let postgres = Store::open_location(&location).unwrap();
+    let postgres = Store::open_location(&location)
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     vec![
         ("sqlite", sqlite, Box::new(dir)),
         ("postgres", postgres, Box::new(cluster)),

@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nbde_proto::{Curve, Jwk, Jws, KeySet, ThumbprintHash, b64};
 use nbde_server::http::{AppState, Settings, app};
+use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::ratelimit::RateLimits;
 use nbde_server::store::Store;
@@ -25,7 +26,10 @@ struct Fixture {
 
 fn fixture(curve: Curve) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_kek(Kek::generate().unwrap())
+        .unwrap();
     let signing = keys::generate_signing_key().unwrap();
     let exchange = keys::generate_exchange_key(curve).unwrap();
     store.add_org("acme", &signing).unwrap();

@@ -11,6 +11,7 @@ mod kill;
 mod listener;
 mod nbde_server;
 mod postgres;
+pub mod sealed_keys;
 mod swtpm;
 pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
 pub use listener::{Listener, start_fixed_server, start_tangd, start_tangd_at};

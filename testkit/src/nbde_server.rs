@@ -1,16 +1,19 @@
 //! `nbde-server` processes for tests: on a SQLite data directory of their own, or on a
 //! PostgreSQL database that several of them (replicas) share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::{bin, run_ok, tempdir};
 
 /// A running `nbde-server` on a free loopback port with its own data directory, ended by
-/// PID when dropped. `token` is the owner token `init` printed.
+/// PID when dropped. `token` is the owner token `init` printed; `kek` the key-encryption
+/// key file, in a directory of its own (never inside the data directory).
 pub struct NbdeServer {
     pub data: tempfile::TempDir,
+    pub kek: PathBuf,
+    _kek_dir: tempfile::TempDir,
     pub url: String,
     pub token: String,
     /// CA file the admin CLI trusts when the server speaks HTTPS.
@@ -29,9 +32,17 @@ impl NbdeServer {
     /// As `start`, on a given port (0: any free one).
     pub fn start_on(port: u16, extra_args: &[&str]) -> NbdeServer {
         let data = tempdir();
+        let kek_dir = tempdir();
+        let kek = kek_dir.path().join("kek");
         let out = run_ok(
             &bin("nbde-server"),
-            &["init", "--data", data.path().to_str().unwrap()],
+            &[
+                "init",
+                "--data",
+                data.path().to_str().unwrap(),
+                "--kek-file",
+                kek.to_str().unwrap(),
+            ],
             b"",
         );
         let token = String::from_utf8(out)
@@ -42,6 +53,8 @@ impl NbdeServer {
             .to_owned();
         let mut server = NbdeServer {
             data,
+            kek,
+            _kek_dir: kek_dir,
             url: format!("http://127.0.0.1:{port}"),
             token,
             cacert: None,
@@ -55,14 +68,26 @@ impl NbdeServer {
 
     /// A server on the PostgreSQL database at `url`, which `init` creates (any free port).
     pub fn start_on_database(url: &str, extra_args: &[&str]) -> NbdeServer {
-        let out = run_ok(&bin("nbde-server"), &["init", "--database", url], b"");
+        let kek_dir = tempdir();
+        let kek = kek_dir.path().join("kek");
+        let out = run_ok(
+            &bin("nbde-server"),
+            &[
+                "init",
+                "--database",
+                url,
+                "--kek-file",
+                kek.to_str().unwrap(),
+            ],
+            b"",
+        );
         let token = String::from_utf8(out)
             .unwrap()
             .lines()
             .last()
             .unwrap()
             .to_owned();
-        NbdeServer::attach(url, token, extra_args)
+        NbdeServer::attach(url, token, &kek, extra_args)
     }
 
     /// Another server process on this one's database (a replica), on any free port.
@@ -71,14 +96,20 @@ impl NbdeServer {
             .database
             .as_deref()
             .expect("a replica shares a database: start_on_database");
-        NbdeServer::attach(url, self.token.clone(), extra_args)
+        NbdeServer::attach(url, self.token.clone(), &self.kek, extra_args)
     }
 
     /// A server process on an initialised database whose owner token is `token` (after a
-    /// `migrate`, say), on any free port.
-    pub fn attach(url: &str, token: String, extra_args: &[&str]) -> NbdeServer {
+    /// `migrate`, say) and whose keys `kek` opens (copied: each replica has its own copy,
+    /// as on machines of their own), on any free port.
+    pub fn attach(url: &str, token: String, kek: &Path, extra_args: &[&str]) -> NbdeServer {
+        let kek_dir = tempdir();
+        let own = kek_dir.path().join("kek");
+        std::fs::copy(kek, &own).unwrap();
         let mut server = NbdeServer {
             data: tempdir(),
+            kek: own,
+            _kek_dir: kek_dir,
             url: "http://127.0.0.1:0".into(),
             token,
             cacert: None,
@@ -98,7 +129,13 @@ impl NbdeServer {
             Some((_, port)) => format!("127.0.0.1:{port}"),
             None => "127.0.0.1:0".into(),
         };
-        let mut args = vec!["serve".to_string(), "--listen".into(), listen];
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            listen,
+            "--kek-file".into(),
+            self.kek.to_str().unwrap().into(),
+        ];
         match &self.database {
             Some(url) => args.extend(["--database".into(), url.clone()]),
             None => args.extend(["--data".into(), self.data.path().to_str().unwrap().into()]),

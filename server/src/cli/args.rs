@@ -28,6 +28,7 @@ pub enum Command {
     Serve(ServeArgs),
     Init(InitArgs),
     Migrate(MigrateArgs),
+    Rekey(RekeyArgs),
     Org(OrgArgs),
     Device(DeviceArgs),
     History(HistoryArgs),
@@ -401,6 +402,10 @@ pub struct ServeArgs {
     /// https://nbde.example; default: the public URL)
     #[argh(option)]
     pub console_origin: Option<String>,
+    /// the key-encryption key file (default: $CREDENTIALS_DIRECTORY/nbde-kek, else
+    /// kek_file of the configuration, else DATA.kek beside the data directory)
+    #[argh(option)]
+    pub kek_file: Option<PathBuf>,
 }
 
 #[derive(FromArgs)]
@@ -416,11 +421,18 @@ pub struct InitArgs {
     /// TOML configuration file (for its data directory or database)
     #[argh(option)]
     pub config: Option<PathBuf>,
+    /// the key-encryption key file, made if there is none (default as for serve)
+    #[argh(option)]
+    pub kek_file: Option<PathBuf>,
+    /// only make the key-encryption key file if there is none (a package's postinst)
+    #[argh(switch)]
+    pub kek_only: bool,
 }
 
 #[derive(FromArgs)]
 /// Move a SQLite store (every table, every row) into an empty PostgreSQL database. Stop
-/// the server first; the SQLite store is left as it was.
+/// the server first; the SQLite store is left as it was (but for keys it held in plain
+/// text, which are sealed first). The keys move sealed: give the replicas the same KEK.
 #[argh(subcommand, name = "migrate")]
 pub struct MigrateArgs {
     /// the data directory of the SQLite store
@@ -429,6 +441,29 @@ pub struct MigrateArgs {
     /// the PostgreSQL URL (postgres://user:password@host:port/dbname)
     #[argh(option)]
     pub to: String,
+    /// the key-encryption key file of the SQLite store (default FROM.kek)
+    #[argh(option)]
+    pub kek_file: Option<PathBuf>,
+}
+
+#[derive(FromArgs)]
+/// Seal every private key under a new key-encryption key, which replaces the file; the
+/// old key no longer opens the store. Stop the server (every replica) first, and start it
+/// (them) with the new file.
+#[argh(subcommand, name = "rekey")]
+pub struct RekeyArgs {
+    /// data directory (default ./nbde-data)
+    #[argh(option)]
+    pub data: Option<PathBuf>,
+    /// a PostgreSQL URL (postgres://user:password@host:port/dbname) instead of --data
+    #[argh(option)]
+    pub database: Option<String>,
+    /// TOML configuration file (for its data directory or database and its kek_file)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// the key-encryption key file to replace (default as for serve)
+    #[argh(option)]
+    pub kek_file: Option<PathBuf>,
 }
 
 #[derive(FromArgs)]
@@ -445,7 +480,23 @@ pub enum OrgCommand {
     Add(OrgAdd),
     List(OrgList),
     Set(OrgSet),
+    Liveness(OrgLivenessArgs),
     EscrowKey(OrgEscrowKey),
+}
+
+#[derive(FromArgs)]
+/// The org's liveness check: its devices silent (no recovery asked) for longer than
+/// --max-silence are disabled; a device's own setting wins.
+#[argh(subcommand, name = "liveness")]
+pub struct OrgLivenessArgs {
+    #[argh(positional)]
+    pub org: String,
+    /// the longest silence (90s, 15m, 12h, 30d), or "none"
+    #[argh(option)]
+    pub max_silence: String,
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs)]

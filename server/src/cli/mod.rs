@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 pub use args::Args;
 use args::*;
 use nbde_server::api::{
-    AuditQuery, HistoryQuery, Mode, Netlist, NewAccount, NewDevice, NewEscrowKey, NewGroup,
-    OrgSettings, RequestQuery, SourceChange, Tags,
+    AuditQuery, HistoryQuery, MaxSilence, Mode, Netlist, NewAccount, NewDevice, NewEscrowKey,
+    NewGroup, OrgSettings, RequestQuery, SourceChange, Tags,
 };
 use nbde_server::client::Client;
 use nbde_server::policy::Verdict;
@@ -21,6 +21,15 @@ fn split_device(spec: &str) -> Result<(&str, &str), String> {
     spec.split_once('/')
         .filter(|(o, d)| !o.is_empty() && !d.is_empty())
         .ok_or_else(|| format!("{spec:?}: expected ORG/DEVICE"))
+}
+
+/// `--max-silence`: a duration, or "none".
+fn max_silence(text: &str) -> Result<MaxSilence, String> {
+    let max_silence = match text {
+        "none" => None,
+        _ => Some(nbde_server::liveness::parse_duration(text)?),
+    };
+    Ok(MaxSilence { max_silence })
 }
 
 fn key_values(list: &[String]) -> Result<BTreeMap<String, String>, String> {
@@ -39,6 +48,7 @@ pub fn run(args: Args) -> Result<(), String> {
         Command::Serve(a) => init::serve(a),
         Command::Init(a) => init::init(a),
         Command::Migrate(a) => init::migrate(a),
+        Command::Rekey(a) => init::rekey(a),
         Command::Org(OrgArgs { command }) => org(&client()?, command),
         Command::Device(DeviceArgs { command }) => device(&client()?, command),
         Command::Allow(AllowArgs { command }) => {
@@ -165,6 +175,17 @@ fn org(client: &Client, command: OrgCommand) -> Result<(), String> {
                 format!("{}\trequire_source={}", v.name, v.require_source)
             });
         }
+        OrgCommand::Liveness(a) => {
+            let v = client.set_org_liveness(&a.org, &max_silence(&a.max_silence)?)?;
+            output(&v, a.json, |v| {
+                let setting = v.max_silence.map(nbde_server::liveness::human);
+                format!(
+                    "{}\tmax_silence={}",
+                    v.org,
+                    setting.as_deref().unwrap_or("none")
+                )
+            });
+        }
         OrgCommand::List(a) => output(&client.orgs()?, a.json, |v| {
             v.orgs
                 .iter()
@@ -241,6 +262,12 @@ fn device(client: &Client, command: DeviceCommand) -> Result<(), String> {
                 format!("mode {:?}: use managed, managed+user or sovereign", a.mode)
             })?;
             let v = client.report_mode(org, device, mode)?;
+            output(&v, a.json, print::device_detail);
+            return Ok(());
+        }
+        DeviceCommand::Liveness(a) => {
+            let (org, device) = split_device(&a.device)?;
+            let v = client.set_device_liveness(org, device, &max_silence(&a.max_silence)?)?;
             output(&v, a.json, print::device_detail);
             return Ok(());
         }

@@ -57,7 +57,11 @@ pub fn device_detail(d: &Device) -> String {
         Some(e) => format!("escrow: {}", escrow_line(e)),
         None => "escrow: none".into(),
     };
-    format!("{}\n{mode}\n{escrow}", device_line(d))
+    let liveness = match d.max_silence {
+        Some(s) => format!("max_silence: {}", nbde_server::liveness::human(s)),
+        None => "max_silence: none".into(),
+    };
+    format!("{}\n{mode}\n{escrow}\n{liveness}", device_line(d))
 }
 
 pub fn escrow_line(e: &EscrowInfo) -> String {

@@ -100,7 +100,10 @@ impl AppState {
     pub fn reload_device(&self, org: &str, name: &str) -> Result<()> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let row = self.store.device_with_keys(org, name)?;
-        let fresh = match self.key_ring().with_device(org, name, row)? {
+        let fresh = match self
+            .key_ring()
+            .with_device(self.store.kek()?, org, name, row)?
+        {
             Some(ring) => Arc::new(ring),
             None => Arc::new(KeyRing::load(&self.store, Some(&self.key_ring()))?),
         };

@@ -1,7 +1,9 @@
 //! `nbde-server migrate --from DATA_DIR --to postgres://…`: moves a SQLite store into an
 //! empty PostgreSQL database, every table and every row with its id (so history, audit and
 //! request ids keep meaning the same), in one PostgreSQL transaction: a move that fails
-//! half way leaves the target empty.
+//! half way leaves the target empty. Private keys move sealed, with the id of their KEK:
+//! the same KEK opens the moved store, so bindings made before the move recover after it.
+//! A SQLite store from before keys were sealed is sealed first, in place.
 
 use std::path::Path;
 
@@ -10,10 +12,11 @@ use rusqlite::types::Value as SqliteValue;
 
 use super::postgres::redact;
 use super::{Location, Store};
+use crate::kek::file::{KekSource, open_store};
 
 /// Every table, parents before children (foreign keys are checked row by row).
 /// `erasure_pending` is not moved: opening the SQLite store finishes a pending erasure.
-const TABLES: [&str; 23] = [
+const TABLES: [&str; 24] = [
     "orgs",
     "signing_keys",
     "devices",
@@ -37,6 +40,7 @@ const TABLES: [&str; 23] = [
     "device_escrow",
     "passkeys",
     "webhooks",
+    "key_encryption",
 ];
 
 /// Tables of the SQLite schema that hold nothing to move (sessions: signing in again is
@@ -46,14 +50,18 @@ const NOT_MOVED: [&str; 2] = ["erasure_pending", "console_sessions"];
 /// Rows moved, by table.
 pub type Moved = Vec<(&'static str, usize)>;
 
-pub fn sqlite_to_postgres(data_dir: &Path, url: &str) -> Result<Moved, String> {
+pub fn sqlite_to_postgres(data_dir: &Path, url: &str, kek: &KekSource) -> Result<Moved, String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     // Opening brings each side to the newest schema (and finishes a pending SQLite
-    // erasure, so nothing destroyed is copied).
+    // erasure, so nothing destroyed is copied); the KEK must open the SQLite store, whose
+    // plain keys, if it has any, are sealed now.
     if !data_dir.join("nbde.sqlite").exists() {
         return Err(format!("{}: no nbde.sqlite here", data_dir.display()));
     }
-    drop(Store::open(data_dir).map_err(|e| fail(&data_dir.display().to_string(), &e))?);
+    drop(
+        open_store(&Location::Sqlite(data_dir.to_owned()), kek)
+            .map_err(|e| fail(&data_dir.display().to_string(), &e))?,
+    );
     drop(
         Store::open_location(&Location::Postgres(url.to_owned()))
             .map_err(|e| fail(&redact(url), &e))?,
@@ -88,6 +96,8 @@ pub fn sqlite_to_postgres(data_dir: &Path, url: &str) -> Result<Moved, String> {
     }
     read.finish().map_err(|e| fail("sqlite", &e))?;
     tx.commit().map_err(|e| fail("postgres commit", &e))?;
+    // The moved store opens with the same KEK (every key checked when a server loads it).
+    drop(open_store(&Location::Postgres(url.to_owned()), kek).map_err(|e| fail(&redact(url), &e))?);
     Ok(moved)
 }
 

@@ -12,6 +12,7 @@
 pub mod history;
 pub mod migrate;
 pub mod postgres;
+pub mod sealing;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use crate::api::{
 use crate::net::Cidr;
 use crate::policy::{DeviceState, Effect, Snapshot, Verdict};
 use history::{Entry, HistorySink};
+use sealing::{SealedJwk, SealedKeys};
 
 /// What a store call can fail with; the HTTP layer maps each to a status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +61,7 @@ pub struct OrgRow {
     pub id: i64,
     pub name: String,
     pub require_source: bool,
-    /// Signing key JWK texts, oldest first.
+    /// Signing keys as stored (sealed, see `sealing`), oldest first.
     pub signing_keys: Vec<String>,
 }
 
@@ -69,7 +71,7 @@ pub struct DeviceRow {
     pub org: String,
     pub name: String,
     pub state: DeviceState,
-    /// (JWK text, advertised), oldest first.
+    /// (key as stored, sealed; advertised), oldest first.
     pub exchange_keys: Vec<(String, bool)>,
 }
 
@@ -108,13 +110,15 @@ pub struct RequestScope {
     pub window: i64,
 }
 
-/// Organisations, their signing keys, devices and their exchange keys.
+/// Organisations, their signing keys, devices and their exchange keys. Keys come and go
+/// sealed: `Store` seals them (see `sealing`), and a backend adds one only while the
+/// store's KEK id is the one it is sealed under (Conflict otherwise).
 pub trait Devices {
-    fn add_org(&self, name: &str, signing_jwk: &str) -> Result<i64>;
+    fn add_org(&self, name: &str, signing_key: SealedJwk<'_>) -> Result<i64>;
     /// Every org with its signing keys, by name.
     fn orgs(&self) -> Result<Vec<OrgRow>>;
     fn org_id(&self, name: &str) -> Result<i64>;
-    fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64>;
+    fn add_device(&self, org: &str, name: &str, exchange_key: SealedJwk<'_>) -> Result<i64>;
     /// Every device with its exchange keys, by org and name.
     fn devices(&self) -> Result<Vec<DeviceRow>>;
     /// One device with its exchange keys; None if there is none. A backend overrides this
@@ -129,7 +133,7 @@ pub trait Devices {
     /// a retired device stays retired (Conflict).
     fn set_device_state(&self, org: &str, name: &str, state: DeviceState) -> Result<()>;
     /// A new advertised exchange key; older ones stop being advertised but still recover.
-    fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()>;
+    fn rotate_device(&self, org: &str, name: &str, exchange_key: SealedJwk<'_>) -> Result<()>;
     /// Records the mode the device's machine reported, by account `by`. `Sovereign`
     /// retires the device in the same transaction, as retiring does, and may be reported
     /// again; a managed mode of a retired device is a Conflict.
@@ -272,6 +276,43 @@ pub trait Webhooks {
     fn webhook_rm(&self, org: &str, id: i64) -> Result<()>;
 }
 
+/// A device the liveness check disabled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Silenced {
+    pub org: String,
+    pub device: String,
+    /// Seconds since its last sign of life (request, creation or enabling).
+    pub silent_for: i64,
+    pub max_silence: i64,
+}
+
+impl Silenced {
+    /// The history row's and the audit row's reason.
+    pub fn reason(&self) -> String {
+        format!(
+            "disabled: silent for {} (max_silence {})",
+            crate::liveness::human(self.silent_for),
+            crate::liveness::human(self.max_silence)
+        )
+    }
+}
+
+/// The liveness check: `max_silence` per org and per device (the device's wins), and the
+/// disabling of devices silent for longer.
+pub trait Liveness {
+    fn set_org_max_silence(&self, org: &str, seconds: Option<i64>) -> Result<()>;
+    fn set_device_max_silence(&self, org: &str, device: &str, seconds: Option<i64>) -> Result<()>;
+    /// (the device's own, its org's).
+    fn max_silence(&self, org: &str, device: &str) -> Result<(Option<i64>, Option<i64>)>;
+    /// The shortest max_silence set anywhere: the check's pace. None if none is set.
+    fn shortest_max_silence(&self) -> Result<Option<i64>>;
+    /// Disables every active device whose last sign of life (newest history row, creation,
+    /// enabling) is more than its max_silence before `now`; each in a transaction of its
+    /// own whose UPDATE is guarded by the same condition, with its history and audit rows,
+    /// so that of several replicas checking at once exactly one disables a device.
+    fn disable_silent(&self, now: i64) -> Result<Vec<Silenced>>;
+}
+
 /// What applying a decision's effect did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -319,12 +360,26 @@ pub trait Rec {
 }
 
 pub trait Backend:
-    Devices + Escrow + Sources + Approvals + Accounts + Console + Webhooks + Audit + Rec + Send + Sync
+    Devices
+    + Liveness
+    + SealedKeys
+    + Escrow
+    + Sources
+    + Approvals
+    + Accounts
+    + Console
+    + Webhooks
+    + Audit
+    + Rec
+    + Send
+    + Sync
 {
 }
 
 impl<
     T: Devices
+        + Liveness
+        + SealedKeys
         + Escrow
         + Sources
         + Approvals
@@ -373,16 +428,19 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// The store the server runs on: any backend, called through the family traits.
-pub struct Store(Box<dyn Backend>);
+/// The store the server runs on: any backend, called through the family traits, and the
+/// KEK its private keys are sealed under once `unlock` is given it (`sealing`: adding and
+/// reading keys goes through `Store`'s own calls, which seal and open).
+pub struct Store(Box<dyn Backend>, std::sync::OnceLock<crate::kek::Kek>);
 
 impl Store {
-    /// Opens (creating if needed) the SQLite store in `data_dir`.
+    /// Opens (creating if needed) the SQLite store in `data_dir`, locked: `unlock` gives
+    /// it its KEK.
     pub fn open(data_dir: &Path) -> Result<Store> {
         Ok(Store::new(sqlite::Sqlite::open(data_dir)?))
     }
 
-    /// Opens (creating or migrating if needed) the store at `location`.
+    /// Opens (creating or migrating if needed) the store at `location`, locked.
     pub fn open_location(location: &Location) -> Result<Store> {
         match location {
             Location::Sqlite(dir) => Store::open(dir),
@@ -391,7 +449,7 @@ impl Store {
     }
 
     pub fn new(backend: impl Backend + 'static) -> Store {
-        Store(Box::new(backend))
+        Store(Box::new(backend), std::sync::OnceLock::new())
     }
 
     pub fn audit(&self, account: &str, action: &str, target: &str) -> Result<()> {

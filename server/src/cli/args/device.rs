@@ -24,7 +24,25 @@ pub enum DeviceCommand {
     Tag(DeviceTag),
     Show(DeviceShow),
     Mode(DeviceModeArgs),
+    Liveness(DeviceLiveness),
     Escrow(EscrowArgs),
+}
+
+#[derive(FromArgs)]
+/// The device's liveness check: disabled once silent (no recovery asked) for longer than
+/// --max-silence; "none" falls back to the org's setting. `device enable` restarts the
+/// clock.
+#[argh(subcommand, name = "liveness")]
+pub struct DeviceLiveness {
+    /// ORG/DEVICE
+    #[argh(positional)]
+    pub device: String,
+    /// the longest silence (90s, 15m, 12h, 30d), or "none" for the org's
+    #[argh(option)]
+    pub max_silence: String,
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs)]

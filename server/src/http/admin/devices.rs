@@ -1,5 +1,5 @@
 //! Organisations and devices: creating them, listing and showing them, a device's
-//! lifecycle, key rotation and the mode its machine reports.
+//! lifecycle, its liveness check, key rotation and the mode its machine reports.
 
 use std::sync::Arc;
 
@@ -10,11 +10,13 @@ use nbde_proto::Curve;
 
 use super::{Caller, changed, device_changed, device_view, host_of, run, valid_name};
 use crate::api::{
-    Device, DeviceList, Mode, ModeReport, NewDevice, NewOrg, Org, OrgCreated, OrgList, Role,
+    Device, DeviceList, MaxSilence, Mode, ModeReport, NewDevice, NewOrg, Org, OrgCreated, OrgList,
+    OrgLiveness, Role,
 };
 use crate::error::{ApiError, Result};
 use crate::http::AppState;
 use crate::keys;
+use crate::liveness;
 use crate::policy::DeviceState;
 
 pub(crate) async fn list_orgs(
@@ -254,5 +256,59 @@ pub(crate) async fn rotate(
         let jwk = keys::generate_exchange_key(curve)?;
         Ok(s.store.rotate_device(org, device, &jwk)?)
     })
+    .await
+}
+
+/// The audit's words for a max_silence setting, after a check of its range.
+fn max_silence_action(setting: &MaxSilence) -> Result<String> {
+    match setting.max_silence {
+        Some(seconds) => {
+            liveness::check(seconds).map_err(ApiError::BadRequest)?;
+            Ok(format!("max-silence {}", liveness::human(seconds)))
+        }
+        None => Ok("max-silence none".into()),
+    }
+}
+
+/// An org's max_silence, the default of its devices.
+pub(crate) async fn org_liveness(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(org): Path<String>,
+    Json(body): Json<MaxSilence>,
+) -> Result<Json<OrgLiveness>> {
+    let action = format!("org set {}", max_silence_action(&body)?);
+    run(state, move |s| {
+        caller.require(&org, Role::Owner)?;
+        s.store.set_org_max_silence(&org, body.max_silence)?;
+        changed(s, &caller, Some(&org), &action, &org)?;
+        Ok(OrgLiveness {
+            org,
+            max_silence: body.max_silence,
+        })
+    })
+    .await
+}
+
+/// A device's own max_silence (null: its org's).
+pub(crate) async fn liveness(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<MaxSilence>,
+) -> Result<Json<Device>> {
+    let change = (format!("device {}", max_silence_action(&body)?), Keys::Kept);
+    device_change(
+        state,
+        caller,
+        path,
+        headers,
+        change,
+        move |s, org, device| {
+            Ok(s.store
+                .set_device_max_silence(org, device, body.max_silence)?)
+        },
+    )
     .await
 }

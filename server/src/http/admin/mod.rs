@@ -281,6 +281,10 @@ fn device_view(state: &AppState, org: &str, name: &str, host: Option<&str>) -> R
         allow_once: None,
         mode: state.store.device_mode(org, name)?,
         escrow: state.store.escrow_info(org, name)?,
+        max_silence: {
+            let (own, of_org) = state.store.max_silence(org, name)?;
+            own.or(of_org)
+        },
     })
 }
 
@@ -295,6 +299,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route(&format!("{device}/retire"), post(devices::retire))
         .route(&format!("{device}/rotate"), post(devices::rotate))
         .route(&format!("{device}/mode"), post(devices::mode))
+        .route(&format!("{device}/liveness"), post(devices::liveness))
+        .route("/orgs/{org}/liveness", post(devices::org_liveness))
         .route(
             "/orgs/{org}/escrow-key",
             get(escrow::key).post(escrow::set_key),

@@ -234,6 +234,12 @@ pub async fn device(
                 @for n in &d.netlists { a href={ "/console/orgs/" (org) "/netlists" } { (n) } " " }
             }
             dt { "Tags" } dd { @for (k, v) in &d.tags { span.tag { (k) "=" (v) } " " } }
+            dt { "Liveness" } dd {
+                @match d.max_silence {
+                    Some(s) => { "disabled after " (crate::liveness::human(s)) " without a recovery" }
+                    None => { "no check" }
+                }
+            }
             dt { "Header escrow" } dd {
                 @match &d.escrow {
                     Some(e) => { "stored " (when(e.uploaded_at)) " by " (e.uploaded_by) " (" (e.size) " bytes, LUKS " (e.uuid) ")" }

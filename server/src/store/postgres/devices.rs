@@ -3,9 +3,11 @@
 
 use postgres::Transaction;
 
+use super::sealing::is_store_kek;
 use super::{Postgres, conflict_or, erasure, parse_column, watch};
 use crate::api::{DeviceMode, Mode};
 use crate::policy::DeviceState;
+use crate::store::sealing::{SealedJwk, other_kek};
 use crate::store::{DeviceRow, Devices, OrgRow, Result, StoreError, now};
 
 /// Locks the device's row for the rest of the transaction (so changes to one device from
@@ -33,9 +35,12 @@ fn retire(tx: &mut Transaction<'_>, id: i64) -> std::result::Result<(), postgres
 }
 
 impl Devices for Postgres {
-    fn add_org(&self, name: &str, signing_jwk: &str) -> Result<i64> {
+    fn add_org(&self, name: &str, signing_key: SealedJwk<'_>) -> Result<i64> {
         self.try_with(|c| {
             let mut tx = c.transaction()?;
+            if !is_store_kek(&mut tx, signing_key.kek_id)? {
+                return Ok(Err(other_kek(name)));
+            }
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO orgs (name, created_at) VALUES ($1, $2) RETURNING id",
@@ -44,12 +49,12 @@ impl Devices for Postgres {
                 .get(0);
             tx.execute(
                 "INSERT INTO signing_keys (org_id, jwk, created_at) VALUES ($1, $2, $3)",
-                &[&id, &signing_jwk, &now()],
+                &[&id, &signing_key.text, &now()],
             )?;
             tx.commit()?;
-            Ok(id)
+            Ok(Ok(id))
         })?
-        .map_err(|e| conflict_or(e, || format!("organisation {name:?} exists")))
+        .map_err(|e| conflict_or(e, || format!("organisation {name:?} exists")))?
     }
 
     fn orgs(&self) -> Result<Vec<OrgRow>> {
@@ -90,10 +95,13 @@ impl Devices for Postgres {
         self.org_id_of(name)
     }
 
-    fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64> {
+    fn add_device(&self, org: &str, name: &str, exchange_key: SealedJwk<'_>) -> Result<i64> {
         let org_id = self.org_id_of(org)?;
         self.try_with(|c| {
             let mut tx = c.transaction()?;
+            if !is_store_kek(&mut tx, exchange_key.kek_id)? {
+                return Ok(Err(other_kek(org)));
+            }
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO devices (org_id, name, state, created_at)
@@ -104,12 +112,12 @@ impl Devices for Postgres {
             tx.execute(
                 "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at)
                  VALUES ($1, $2, true, $3)",
-                &[&id, &exchange_jwk, &now()],
+                &[&id, &exchange_key.text, &now()],
             )?;
             tx.commit()?;
-            Ok(id)
+            Ok(Ok(id))
         })?
-        .map_err(|e| conflict_or(e, || format!("device {org}/{name} exists")))
+        .map_err(|e| conflict_or(e, || format!("device {org}/{name} exists")))?
     }
 
     fn devices(&self) -> Result<Vec<DeviceRow>> {
@@ -199,21 +207,27 @@ impl Devices for Postgres {
             if state == DeviceState::Retired {
                 retire(&mut tx, id)?;
             } else {
+                // Enabling restarts the liveness clock.
                 tx.execute(
-                    "UPDATE devices SET state = $1 WHERE id = $2",
-                    &[&state.as_str(), &id],
+                    "UPDATE devices SET state = $1,
+                         alive_since = CASE WHEN $1 = 'active' THEN $3 ELSE alive_since END
+                     WHERE id = $2",
+                    &[&state.as_str(), &id, &now()],
                 )?;
             }
             tx.commit().map(Ok)
         })?
     }
 
-    fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()> {
+    fn rotate_device(&self, org: &str, name: &str, exchange_key: SealedJwk<'_>) -> Result<()> {
         let (id, _) = self.device_row(org, name)?;
         self.with(|c| {
             let mut tx = c.transaction()?;
             if lock_device(&mut tx, id)? {
                 return Ok(Err(retired(org, name)));
+            }
+            if !is_store_kek(&mut tx, exchange_key.kek_id)? {
+                return Ok(Err(other_kek(org)));
             }
             tx.execute(
                 "UPDATE exchange_keys SET advertised = false WHERE device_id = $1",
@@ -222,7 +236,7 @@ impl Devices for Postgres {
             tx.execute(
                 "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at)
                  VALUES ($1, $2, true, $3)",
-                &[&id, &exchange_jwk, &now()],
+                &[&id, &exchange_key.text, &now()],
             )?;
             tx.commit().map(Ok)
         })?

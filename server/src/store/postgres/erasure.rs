@@ -1,5 +1,6 @@
-//! Destroyed means gone: after exchange keys or an escrow blob are deleted, no copy of them
-//! may stay in any file of the cluster that PostgreSQL itself keeps.
+//! Destroyed means gone: after exchange keys or an escrow blob are deleted (or keys'
+//! texts are replaced by sealing or rekeying them), no copy of them may stay in any file of
+//! the cluster that PostgreSQL itself keeps.
 //!
 //! Where copies live, and what removes each:
 //! - The table files: a DELETE only marks the row version dead, and plain VACUUM frees its
@@ -83,7 +84,7 @@ pub(super) fn erase_pending(store: &Postgres) -> Result<()> {
         }
         std::thread::sleep(PAUSE);
     }
-    c.batch_execute("VACUUM (FULL) exchange_keys, device_escrow")
+    c.batch_execute("VACUUM (FULL) signing_keys, exchange_keys, device_escrow")
         .map_err(unavailable)?;
     // Every WAL record of the deleted rows is before this point.
     let last_dirty: String = c

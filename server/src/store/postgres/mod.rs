@@ -14,7 +14,9 @@ mod console;
 mod devices;
 mod erasure;
 mod escrow;
+mod liveness;
 mod rec;
+mod sealing;
 mod sources;
 mod tls;
 mod watch;
@@ -30,10 +32,12 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_console.sql"),
     include_str!("../../../migrations/postgres/0003_webhooks.sql"),
+    include_str!("../../../migrations/postgres/0004_key_encryption.sql"),
+    include_str!("../../../migrations/postgres/0005_liveness.sql"),
 ];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.

@@ -3,9 +3,11 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::sealing::is_store_kek;
 use super::{Sqlite, conflict_or, erasure, parse_column, texts};
 use crate::api::{DeviceMode, Mode};
 use crate::policy::DeviceState;
+use crate::store::sealing::{SealedJwk, other_kek};
 use crate::store::{DeviceRow, Devices, OrgRow, Result, StoreError, now};
 
 fn device_is_retired(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<bool> {
@@ -64,9 +66,12 @@ fn retire(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<()> {
 }
 
 impl Devices for Sqlite {
-    fn add_org(&self, name: &str, signing_jwk: &str) -> Result<i64> {
+    fn add_org(&self, name: &str, signing_key: SealedJwk<'_>) -> Result<i64> {
         self.try_with(|c| {
             let tx = c.transaction()?;
+            if !is_store_kek(&tx, signing_key.kek_id)? {
+                return Ok(Err(other_kek(name)));
+            }
             tx.execute(
                 "INSERT INTO orgs (name, created_at) VALUES (?1, ?2)",
                 params![name, now()],
@@ -74,12 +79,12 @@ impl Devices for Sqlite {
             let id = tx.last_insert_rowid();
             tx.execute(
                 "INSERT INTO signing_keys (org_id, jwk, created_at) VALUES (?1, ?2, ?3)",
-                params![id, signing_jwk, now()],
+                params![id, signing_key.text, now()],
             )?;
             tx.commit()?;
-            Ok(id)
+            Ok(Ok(id))
         })?
-        .map_err(|e| conflict_or(e, || format!("organisation {name:?} exists")))
+        .map_err(|e| conflict_or(e, || format!("organisation {name:?} exists")))?
     }
 
     fn orgs(&self) -> Result<Vec<OrgRow>> {
@@ -110,10 +115,13 @@ impl Devices for Sqlite {
         self.org_id_of(name)
     }
 
-    fn add_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<i64> {
+    fn add_device(&self, org: &str, name: &str, exchange_key: SealedJwk<'_>) -> Result<i64> {
         let org_id = self.org_id_of(org)?;
         self.try_with(|c| {
             let tx = c.transaction()?;
+            if !is_store_kek(&tx, exchange_key.kek_id)? {
+                return Ok(Err(other_kek(org)));
+            }
             tx.execute(
                 "INSERT INTO devices (org_id, name, state, created_at) VALUES (?1, ?2, 'active', ?3)",
                 params![org_id, name, now()],
@@ -121,12 +129,12 @@ impl Devices for Sqlite {
             let id = tx.last_insert_rowid();
             tx.execute(
                 "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at) VALUES (?1, ?2, 1, ?3)",
-                params![id, exchange_jwk, now()],
+                params![id, exchange_key.text, now()],
             )?;
             tx.commit()?;
-            Ok(id)
+            Ok(Ok(id))
         })?
-        .map_err(|e| conflict_or(e, || format!("device {org}/{name} exists")))
+        .map_err(|e| conflict_or(e, || format!("device {org}/{name} exists")))?
     }
 
     fn devices(&self) -> Result<Vec<DeviceRow>> {
@@ -159,21 +167,27 @@ impl Devices for Sqlite {
             if state == DeviceState::Retired {
                 retire(&tx, id)?;
             } else {
+                // Enabling restarts the liveness clock.
                 tx.execute(
-                    "UPDATE devices SET state = ?1 WHERE id = ?2",
-                    params![state.as_str(), id],
+                    "UPDATE devices SET state = ?1,
+                         alive_since = CASE WHEN ?1 = 'active' THEN ?3 ELSE alive_since END
+                     WHERE id = ?2",
+                    params![state.as_str(), id, now()],
                 )?;
             }
             tx.commit().map(Ok)
         })?
     }
 
-    fn rotate_device(&self, org: &str, name: &str, exchange_jwk: &str) -> Result<()> {
+    fn rotate_device(&self, org: &str, name: &str, exchange_key: SealedJwk<'_>) -> Result<()> {
         let (id, _) = self.device_row(org, name)?;
         self.with(|c| {
             let tx = c.transaction()?;
             if device_is_retired(&tx, id)? {
                 return Ok(Err(retired(org, name)));
+            }
+            if !is_store_kek(&tx, exchange_key.kek_id)? {
+                return Ok(Err(other_kek(org)));
             }
             tx.execute(
                 "UPDATE exchange_keys SET advertised = 0 WHERE device_id = ?1",
@@ -181,7 +195,7 @@ impl Devices for Sqlite {
             )?;
             tx.execute(
                 "INSERT INTO exchange_keys (device_id, jwk, advertised, created_at) VALUES (?1, ?2, 1, ?3)",
-                params![id, exchange_jwk, now()],
+                params![id, exchange_key.text, now()],
             )?;
             tx.commit().map(Ok)
         })?

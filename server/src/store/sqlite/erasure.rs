@@ -1,5 +1,6 @@
-//! Destroyed means gone: after exchange keys or an escrow blob are deleted, no copy of them
-//! may stay in any file of the data directory (database, WAL, free pages).
+//! Destroyed means gone: after exchange keys or an escrow blob are deleted (or keys' texts
+//! are replaced by sealing or rekeying them), no copy of them may stay in any file of the
+//! data directory (database, WAL, free pages).
 //!
 //! `secure_delete` (set on every connection in `connect`) zeroes a deleted cell and a freed
 //! page, overflow pages of a large blob included. It does not cover one case: when a b-tree

@@ -8,7 +8,9 @@ mod console;
 mod devices;
 mod erasure;
 mod escrow;
+mod liveness;
 mod rec;
+mod sealing;
 mod sources;
 mod webhooks;
 
@@ -20,12 +22,14 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_policy.sql"),
     include_str!("../../../migrations/0003_escrow.sql"),
     include_str!("../../../migrations/0004_console.sql"),
     include_str!("../../../migrations/0005_webhooks.sql"),
+    include_str!("../../../migrations/0006_key_encryption.sql"),
+    include_str!("../../../migrations/0007_liveness.sql"),
 ];
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
