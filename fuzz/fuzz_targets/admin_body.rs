@@ -12,8 +12,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use nbde_server::http::{AppState, Settings, admin, app};
+use nbde_server::kek::Kek;
+use nbde_server::kek::file::{self as kek_file, KekSource};
 use nbde_server::ratelimit::RateLimits;
-use nbde_server::store::Store;
+use nbde_server::store::Location;
 use tower::ServiceExt;
 
 const RESET_AFTER: usize = 400;
@@ -32,6 +34,8 @@ const ROUTES: &[&str] = &[
     "/admin/v1/orgs/fz/groups",
     "/admin/v1/orgs/fz/accounts",
     "/admin/v1/orgs/fz/webhooks",
+    "/admin/v1/orgs/fz/liveness",
+    "/admin/v1/orgs/fz/devices/d1/liveness",
 ];
 
 struct Harness {
@@ -49,7 +53,16 @@ impl Harness {
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).expect("store opens");
+        std::fs::create_dir_all(&dir).expect("store directory");
+        // As `nbde-server init` does: a key-encryption key, here inside the scratch
+        // directory (the fuzzer's store holds no key worth protecting).
+        let kek_path = dir.join("kek");
+        kek_file::create(&kek_path, &Kek::generate().expect("KEK")).expect("KEK file");
+        let store = kek_file::open_store(
+            &Location::Sqlite(dir.join("data")),
+            &KekSource::File(kek_path),
+        )
+        .expect("store opens");
         let account = store.add_account("owner", true).expect("owner");
         let token = admin::new_token().expect("token");
         store

@@ -48,7 +48,7 @@ fn ensure_kek(location: &Location, source: &KekSource) -> Result<(), String> {
         let store = Store::open_location(location).map_err(|e| e.to_string())?;
         if let Some(id) = store.kek_id().map_err(|e| e.to_string())? {
             return Err(format!(
-                "no key-encryption key at {}, and {location} is sealed under key {id}: give                  its file with --kek-file",
+                "no key-encryption key at {}, and {location} is sealed under key {id}: give its file with --kek-file",
                 path.display()
             ));
         }
