@@ -73,8 +73,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Secrets each scenario's work directory must not hold in any log (serial consoles, the
+# server's debug log): by work directory, (what it is, its value). The typed passphrase is
+# one of every scenario's.
+SECRETS = {}
+
+
+def secret(work, what, value):
+    SECRETS.setdefault(work, []).append((what, value))
+
+
+def scan_logs(work):
+    """Fails if a log under `work` holds one of its secrets (named, never shown)."""
+    secrets = [("the typed passphrase", PASSPHRASE), *SECRETS.pop(work, [])]
+    for top, _, files in os.walk(work):
+        for name in files:
+            if not name.endswith((".log", ".timed")):
+                continue
+            with open(os.path.join(top, name), "rb") as f:
+                text = f.read()
+            for what, value in secrets:
+                assert value.encode() not in text, f"{what} is in {os.path.join(top, name)}"
+
+
 class Server:
-    """nbde-server with its own store; stop() and start() keep the port."""
+    """nbde-server with its own store; stop() and start() keep the port; its log, at
+    debug level, in `server.log` in the work directory (scanned for secrets)."""
 
     def __init__(self, work, port=0, tls=None):
         """`tls`: a Tls whose certificate the server presents (then the guest reaches it
@@ -84,6 +108,8 @@ class Server:
         out = subprocess.run([SERVER, "init", "--data", self.data], check=True,
                              capture_output=True, text=True)
         self.env = dict(os.environ, NBDE_TOKEN=out.stdout.strip().splitlines()[-1])
+        secret(work, "the server's owner token", self.env["NBDE_TOKEN"])
+        self.log = os.path.join(work, "server.log")
         self.port = port or free_port()
         self.proc = None
 
@@ -93,10 +119,21 @@ class Server:
         self.proc = subprocess.Popen(
             [SERVER, "serve", "--data", self.data, "--listen", f"127.0.0.1:{self.port}",
              "--public-url", boot.guest_url(0, "https" if self.tls else "http"), *extra],
-            stderr=subprocess.PIPE, text=True, env=dict(self.env, NBDE_LOG="warn"))
-        line = self.proc.stderr.readline()
-        assert "listening on" in line, line
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+            stderr=subprocess.PIPE, text=True, env=dict(self.env, NBDE_LOG="debug"))
+        log = open(self.log, "a")
+        while "listening on" not in (line := self.proc.stderr.readline()):
+            assert line, "nbde-server ended before it listened"
+            log.write(line)
+        log.write(line)
+        log.flush()
+
+        def drain(stream, log):
+            with log:
+                for line in stream:
+                    log.write(line)
+                    log.flush()
+
+        threading.Thread(target=drain, args=(self.proc.stderr, log), daemon=True).start()
         scheme = "https" if self.tls else "http"
         self.env["NBDE_SERVER"] = f"{scheme}://127.0.0.1:{self.port}"
         if self.tls:
@@ -555,6 +592,7 @@ def managed_user(gen, kdir, work):
         assert mode_json(image)["mode"] == "managed"
         key = run("mode", "-d", image, "managed+user", "--recovery-key", "--iter-time", "100",
                   "--pbkdf-memory", "32768").stdout.strip()
+        secret(work, "the recovery key", key)
         run("luks", "edit", "-d", image, "-s", "1", "-c", json.dumps(guest))
         shown = mode_json(image)
         kinds = sorted(k["kind"] + ":" + str(k.get("token")) for k in shown["keyslots"])
@@ -716,6 +754,7 @@ def run_one(gen, name, kdir):
     start = time.monotonic()
     try:
         result = SCENARIOS[name](gen, kdir, work)
+        scan_logs(work)
         shutil.rmtree(work, ignore_errors=True)
         return (gen.name, name, "pass", result, time.monotonic() - start)
     except Exception as e:  # report every scenario, then fail
