@@ -8,11 +8,14 @@ per generator the floor: the same kernel and initramfs without an unlocker (for 
 the same image) booting the same root filesystem unencrypted, with no network; each
 unlocker's time is shown over it.
 
-    python3 bench/boot.py        (root, Debian 12; builds and caches what it needs)
+    python3 bench/boot.py [--runs 5] [--generators dracut,...]
+        (root, Debian 12; builds and caches what it needs)
 """
+import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +27,7 @@ import boot  # noqa: E402
 import chroots  # noqa: E402
 import scenarios  # noqa: E402
 
+GENERATORS = ["minimal", "dracut", "initramfs-tools"]
 FLOOR = "none (floor: unencrypted root, no network)"
 # The second floor: the same LUKS root opened by the generator's own cryptsetup with a key
 # file inside the initramfs, from a slot as cheap as a bound one (PBKDF2, 1000 iterations,
@@ -139,7 +143,23 @@ def bound_root(work, name, keyfile, config, stock):
     return image
 
 
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1,
+                        help="boots per row, interleaved round by round; the table shows the "
+                             "median and the range (default 1)")
+    parser.add_argument("--generators", default=",".join(GENERATORS),
+                        help=f"comma-separated subset of {','.join(GENERATORS)}")
+    args = parser.parse_args()
+    args.generators = [g for g in args.generators.split(",") if g]
+    unknown = set(args.generators) - set(GENERATORS)
+    if unknown or args.runs < 1:
+        parser.error(f"unknown generator {sorted(unknown)}" if unknown else "--runs must be ≥ 1")
+    return args
+
+
 def main():
+    args = parse_args()
     scenarios.build()
     kdir = scenarios.kernel()
     kver = open(os.path.join(kdir, "version")).read().strip()
@@ -159,21 +179,22 @@ def main():
         f.write(os.urandom(32))
     plain = os.path.join(work, "plain.img")
     scenarios.lib(f"qemu_plain_root_image '{plain}'")
+    # Every row's initramfs, disk image and command line are built first; the boots then run
+    # round by round, so a slow stretch of the host spreads over every row alike.
     rows = []
 
-    def measure(name, unlocker, initrd, image, append, added):
-        log = os.path.join(work, f"{name}-{unlocker.replace(' ', '-')}.log")
-        seconds = timed_boot(kdir, initrd, image, append, tangd.port, log)
-        rows.append((name, unlocker, seconds, added, log))
-        print(f"{name} {unlocker}: root at {seconds} s", flush=True)
+    def row(name, unlocker, initrd, image, append, added):
+        rows.append({"name": name, "unlocker": unlocker, "initrd": initrd, "image": image,
+                     "append": append, "added": added, "seconds": []})
 
     try:
-        minimal = scenarios.Minimal(kdir, work)
-        # One image for both: the minimal init mounts a plain root when told nbde.plain.
-        measure("minimal", FLOOR, minimal.initrd(), plain, "nbde.plain", None)
-        measure("minimal", "nbde-unlock", minimal.initrd(), bound_root(work, "minimal", keyfile, config, False),
-                minimal.append, None)
-        for name in ["dracut", "initramfs-tools"]:
+        if "minimal" in args.generators:
+            minimal = scenarios.Minimal(kdir, work)
+            # One image for both: the minimal init mounts a plain root when told nbde.plain.
+            row("minimal", FLOOR, minimal.initrd(), plain, "nbde.plain", None)
+            row("minimal", "nbde-unlock", minimal.initrd(),
+                bound_root(work, "minimal", keyfile, config, False), minimal.append, None)
+        for name in [g for g in GENERATORS[1:] if g in args.generators]:
             gen = chroots.ChrootGenerator(name, kdir, work, scenarios.DEBS)
             # Stock clevis: its own chroot (our files absent), bound by stock clevis.
             saved = chroots.PACKAGES[name]
@@ -194,33 +215,60 @@ def main():
             if name == "dracut":
                 images.append(("nbde token plugin", os.path.join(work, f"{name}-token.img"), False))
                 build(plain_root, name, kver, images[2][1], ours="plugin")
-            measure(name, FLOOR, floor, plain, "root=/dev/vda rw", 0)
-            measure(name, KEYFILE_FLOOR, keyfile_floor, keyfile_root(work, name, keyfile, floor_key),
-                    keyfile_append(name), os.path.getsize(keyfile_floor) - os.path.getsize(base))
+            row(name, FLOOR, floor, plain, "root=/dev/vda rw", 0)
+            row(name, KEYFILE_FLOOR, keyfile_floor, keyfile_root(work, name, keyfile, floor_key),
+                keyfile_append(name), os.path.getsize(keyfile_floor) - os.path.getsize(base))
             for unlocker, initrd, stock in images:
-                image = bound_root(work, name, keyfile, config, stock)
-                measure(name, unlocker, initrd, image, gen.append,
-                        os.path.getsize(initrd) - os.path.getsize(base))
+                image = bound_root(work, f"{name}-{unlocker.replace(' ', '-')}", keyfile, config,
+                                   stock)
+                row(name, unlocker, initrd, image, gen.append,
+                    os.path.getsize(initrd) - os.path.getsize(base))
+        for run in range(args.runs):
+            for r in rows:
+                # Each boot on a fresh copy: a root the previous boot mounted is not the same disk.
+                disk = os.path.join(work, "boot-disk.img")
+                subprocess.run(["cp", "--sparse=always", r["image"], disk], check=True)
+                log = os.path.join(work, f"{r['name']}-{r['unlocker'].replace(' ', '-')}-{run + 1}.log")
+                r["log"] = log
+                seconds = timed_boot(kdir, r["initrd"], disk, r["append"], tangd.port, log)
+                os.remove(disk)
+                r["seconds"].append(seconds)
+                print(f"run {run + 1}/{args.runs} {r['name']} {r['unlocker']}: root at {seconds} s",
+                      flush=True)
     finally:
         tangd.stop()
-    print("\nGuest seconds from QEMU start to root mounted (TCG, 1 vCPU, Argon2id passphrase slot);")
-    print("initramfs growth over the same image without an unlocker (compressed).\n")
+    print_table(rows, args.runs)
+
+
+def print_table(rows, runs):
+    print("\nGuest seconds from QEMU start to root mounted (TCG, 1 vCPU, Argon2id passphrase slot)"
+          + (f", median of {runs} boots per row (range)" if runs > 1 else "")
+          + ";\ninitramfs growth over the same image without an unlocker (compressed).\n")
     print("| generator | unlocker | root mounted | over the floor | over the LUKS key-file floor | initramfs added |")
     print("|---|---|---|---|---|---|")
-    floors = {name: seconds for name, unlocker, seconds, _, _ in rows if unlocker == FLOOR}
-    luks_floors = {name: seconds for name, unlocker, seconds, _, _ in rows
-                   if unlocker == KEYFILE_FLOOR}
+    for r in rows:
+        done = [s for s in r["seconds"] if s]
+        r["median"] = statistics.median(done) if len(done) == len(r["seconds"]) else None
+    floors = {r["name"]: r["median"] for r in rows if r["unlocker"] == FLOOR}
+    luks_floors = {r["name"]: r["median"] for r in rows if r["unlocker"] == KEYFILE_FLOOR}
 
     def over(seconds, floor):
         return f"{seconds - floor:+.1f} s" if seconds and floor else ""
 
-    for name, unlocker, seconds, added, log in rows:
-        shown = f"{seconds:.1f} s" if seconds else f"not in 600 s (see {log})"
-        size = "same image" if added is None else f"{added / 1024:.0f} KiB"
-        over_plain = over(seconds, floors.get(name)) if unlocker != FLOOR else ""
-        over_luks = (over(seconds, luks_floors.get(name))
+    for r in rows:
+        seconds, unlocker = r["median"], r["unlocker"]
+        if seconds is None:
+            shown = f"not in 600 s (see {r['log']})"
+        elif runs > 1:
+            shown = f"{seconds:.1f} s ({min(r['seconds']):.1f}–{max(r['seconds']):.1f})"
+        else:
+            shown = f"{seconds:.1f} s"
+        size = "same image" if r["added"] is None else f"{r['added'] / 1024:.0f} KiB"
+        over_plain = over(seconds, floors.get(r["name"])) if unlocker != FLOOR else ""
+        over_luks = (over(seconds, luks_floors.get(r["name"]))
                      if unlocker not in (FLOOR, KEYFILE_FLOOR) else "")
-        print(f"| {name} | {unlocker} | {shown} | {over_plain} | {over_luks} | {size} |")
+        print(f"| {r['name']} | {unlocker} | {shown} | {over_plain} | {over_luks} | {size} |")
+
 
 if __name__ == "__main__":
     main()

@@ -394,10 +394,16 @@ def allowed(gen, kdir, work):
     try:
         image = os.path.join(work, "allowed.img")
         bind(image, ("tang", device_config(server, work, "allowed")), work, "allowed")
+        # dracut's agent starts its round when the device and the network are there,
+        # before systemd-cryptsetup asks, and hands that key over when asked.
+        early = ([("early", r"asking 1 binding\(s\) before the password request")]
+                 if gen.name == "dracut" else [])
         t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-allowed",
-                     [("nbde", r"nbde-unlock"), ("root", "NBDE-ROOT-MOUNTED")])
+                     [("nbde", r"nbde-unlock"), *early, ("root", "NBDE-ROOT-MOUNTED")])
         rows = server.history("ci/allowed")
         assert rows and rows[0]["decision"] == "allowed", rows
+        # One request per boot: the early round and the password request never both ask.
+        assert len(rows) == 1, rows
         return f"root at {t['root']:.1f} s, history: allowed"
     finally:
         server.stop()
@@ -514,7 +520,9 @@ def sss_one_dead(gen, kdir, work):
 
         def measure(b):
             # From the start of the round that succeeded (the first ask, or the last retry
-            # notice) to the key: the hanging server's 10 s timeout must not be in it.
+            # notice) to the key: the hanging server's 10 s timeout must not be in it. A
+            # round started before the network was up (dracut's agent starts one as soon
+            # as the device is there) includes the wait for the network.
             index = len(b.lines)
             start = b.last_before(r"asking \d+ binding|retry in", index)
             waited.append(b.elapsed() - start)

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::early::Early;
 use super::{bindings, recover_until, status};
 use crate::error::Result;
 use crate::luks::Volume;
@@ -60,6 +61,7 @@ const ASK_DIR: &str = "/run/systemd/ask-password";
 /// Watches systemd's password requests and answers those for devices with a clevis
 /// binding. Other agents (the console) keep asking; the first answer wins.
 pub fn agent(ctx: &Context) -> Result<()> {
+    let early = Early::start(ctx);
     let mut handled: Vec<PathBuf> = Vec::new();
     let watch = InotifyWatch::new(Path::new(ASK_DIR));
     loop {
@@ -92,13 +94,14 @@ pub fn agent(ctx: &Context) -> Result<()> {
             };
             let device = PathBuf::from(device.split_whitespace().next().unwrap_or(device));
             let ctx = *ctx;
-            std::thread::spawn(move || answer(&path, &ask, &device, &ctx));
+            let early = early.clone();
+            std::thread::spawn(move || answer(&path, &ask, &device, &ctx, &early));
         }
         watch.wait(Duration::from_secs(1));
     }
 }
 
-fn answer(ask_file: &Path, ask: &Ask, device: &Path, ctx: &Context) {
+fn answer(ask_file: &Path, ask: &Ask, device: &Path, ctx: &Context, early: &Early) {
     let Ok(mut volume) = Volume::open(device) else {
         return;
     };
@@ -122,7 +125,10 @@ fn answer(ask_file: &Path, ask: &Ask, device: &Path, ctx: &Context) {
         })
     };
     let label = device.display().to_string();
-    if let Some((slots, key)) = recover_until(&label, &found, ctx, &gone, deadline) {
+    let recovered = early
+        .take(device, &gone, deadline)
+        .or_else(|| recover_until(&label, &found, ctx, &gone, deadline));
+    if let Some((slots, key)) = recovered {
         // The preferred priority of the bound slot makes systemd-cryptsetup try it first.
         let mut reply = Zeroizing::new(Vec::with_capacity(key.len() + 1));
         reply.push(b'+');

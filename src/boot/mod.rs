@@ -9,7 +9,9 @@
 //! the console through /dev/kmsg. No key is ever logged.
 
 mod agent;
+mod early;
 mod passfifo;
+mod route;
 mod standalone;
 
 use std::io::Write;
@@ -27,6 +29,7 @@ use crate::pin::{self, Context};
 
 pub use agent::{Ask, agent, parse_ask};
 pub use passfifo::passfifo;
+pub use route::RouteWatch;
 pub use standalone::standalone;
 
 /// One line on the console, through the kernel log so it shows wherever the kernel prints.
@@ -118,10 +121,14 @@ pub fn bindings(volume: &mut Volume) -> Vec<Binding> {
     usable
 }
 
-/// How soon to try again while this machine has no route to any server: early in boot
-/// the network comes up any moment, and an attempt that cannot leave the machine costs no
-/// server anything, so waiting out a backoff would only delay the boot.
+/// How soon to try again while this machine has no route to any server, at the latest:
+/// early in boot the network comes up any moment, and an attempt that cannot leave the
+/// machine costs no server anything, so waiting out a backoff would only delay the boot.
+/// A change of the machine's links, addresses or routes (`RouteWatch`) ends it sooner.
 pub const NO_ROUTE_RETRY: Duration = Duration::from_millis(250);
+
+/// What the console says while this machine has no route to any server.
+pub const NO_ROUTE_WORDS: &str = "network not up yet, no route to the server(s)";
 
 /// Whether every failure is this machine having no route to its server.
 pub fn no_route_anywhere(failures: &[Error]) -> bool {
@@ -135,10 +142,7 @@ pub fn no_route_anywhere(failures: &[Error]) -> bool {
 /// Why a round of attempts failed, in words for the console, and how long to wait.
 fn explain(failures: &[Error], backoff: &mut Backoff) -> (String, Duration) {
     if no_route_anywhere(failures) {
-        return (
-            "network not up yet, no route to the server(s)".into(),
-            NO_ROUTE_RETRY,
-        );
+        return (NO_ROUTE_WORDS.into(), NO_ROUTE_RETRY);
     }
     let (words, retry_after) = describe(failures);
     let delay = backoff.next(retry_after);
@@ -250,6 +254,7 @@ pub fn recover_until(
 ) -> Option<Recovered> {
     let mut backoff = Backoff::new();
     let mut said = String::new();
+    let route = RouteWatch::new();
     status(&format!("{label}: asking {} binding(s)", bindings.len()));
     loop {
         let failures = match recover_once(bindings, ctx, |_, _| Ok(())) {
@@ -259,18 +264,28 @@ pub fn recover_until(
             }
             Err(failures) => failures,
         };
+        let no_route = no_route_anywhere(&failures);
         let (message, delay) = explain(&failures, &mut backoff);
         // The no-route message repeats four times a second until the network is up: once.
         if message != said {
             status(&format!("{label}: {message}"));
             said = message;
         }
+        // With no route, the next try comes as soon as the network changes.
         let wake = Instant::now() + delay;
         while Instant::now() < wake {
             if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let slice =
+                Duration::from_millis(100).min(wake.saturating_duration_since(Instant::now()));
+            if no_route {
+                if route.wait(slice) {
+                    break;
+                }
+            } else {
+                std::thread::sleep(slice);
+            }
         }
     }
 }

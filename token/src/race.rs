@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nbde_unlock::boot::{self, Backoff};
+use nbde_unlock::boot::{self, Backoff, RouteWatch};
 use nbde_unlock::http::Timeouts;
 use nbde_unlock::luks::marker::TOKEN_TYPE as SOVEREIGN_TOKEN;
 use nbde_unlock::pin::{self, Context};
@@ -192,6 +192,7 @@ fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Ins
     let console = in_initrd();
     let mut said = String::new();
     let mut backoff = Backoff::new();
+    let route = RouteWatch::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < Duration::from_millis(100) {
@@ -214,7 +215,12 @@ fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Ins
             Err(error) => error,
         };
         let failures = std::slice::from_ref(&error);
-        let (words, retry_after) = boot::describe(failures);
+        let no_route = boot::no_route_anywhere(failures);
+        let (words, retry_after) = if no_route {
+            (boot::NO_ROUTE_WORDS.to_owned(), None)
+        } else {
+            boot::describe(failures)
+        };
         if console && words != said {
             boot::status(&format!("clevis token {id}: {words}"));
             said.clone_from(&words);
@@ -222,7 +228,7 @@ fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Ins
         if !boot::worth_retrying(&error) {
             return Outcome::Failed(words);
         }
-        let delay = if boot::no_route_anywhere(failures) {
+        let delay = if no_route {
             boot::NO_ROUTE_RETRY
         } else {
             backoff.next(retry_after).min(Duration::from_secs(2))
@@ -236,7 +242,12 @@ fn recover_until_deadline(id: u32, clevis: &nbde_proto::ClevisJwe, deadline: Ins
                 started.elapsed().as_secs_f32()
             ));
         }
-        std::thread::sleep(delay.min(left - LAST_TRY));
+        if no_route {
+            // The next try as soon as the network changes.
+            route.wait(delay.min(left - LAST_TRY));
+        } else {
+            std::thread::sleep(delay.min(left - LAST_TRY));
+        }
     }
 }
 
