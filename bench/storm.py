@@ -110,12 +110,17 @@ class Procs:
             self.stop(p)
 
 
-def wrk(port, path, conns, seconds, body, storm=None):
+def pinned(cpus):
+    """The command prefix that runs a program on these CPUs only (none: anywhere)."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def wrk(port, path, conns, seconds, body, storm=None, cpus=None):
     """One wrk cell; returns the figures the Lua script's done() prints."""
     env = dict(os.environ, STORM_BODY=body)
     # Storm mode needs a thread per connection (see storm.lua).
     threads = conns if storm else min(conns, 2)
-    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s",
+    cmd = [*pinned(cpus), "wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s",
            "--latency", "-s", LUA, f"http://127.0.0.1:{port}{path}"]
     if storm:
         cmd += ["--", storm, str(threads)]
@@ -150,12 +155,12 @@ def wrk_storm(cmd, env, threads):
     return out, elapsed
 
 
-def measure(name, port, path, body, pids, args, floor_us, rows):
+def measure(name, port, path, body, pids, args, floor_us, rows, wrk_cpus=None):
     """Every concurrency of one server, CPU per answer from `pids` over each cell."""
     for conns in args.conns:
         busy = compiles()
         before = cpu_seconds(pids)
-        f = wrk(port, path, conns, args.seconds, body)
+        f = wrk(port, path, conns, args.seconds, body, cpus=wrk_cpus)
         cpu = cpu_seconds(pids) - before
         f.update(name=name, conns=conns, busy=busy + compiles(),
                  cpu_us=cpu * 1e6 / max(f["ok"] + f["other"], 1))
@@ -215,14 +220,14 @@ UNLIMITED = ("[rate_limit]\nsource_per_second = 1000000\nsource_burst = 1000000\
              "device_per_minute = 60000000\ndevice_burst = 1000000\n")
 
 
-def start_server(procs, argv):
-    """Starts `nbde-server serve …` on a free port, rate limits lifted; returns (process,
-    port)."""
+def start_server(procs, argv, cpus=None):
+    """Starts `nbde-server serve …` on a free port, rate limits lifted (on `cpus` only, if
+    given); returns (process, port)."""
     port = free_port()
     config = os.path.join(tempfile.gettempdir(), f"nbde-bench-{port}.toml")
     with open(config, "w") as f:
         f.write(UNLIMITED)
-    p = procs.start([SERVER, "serve", *argv, "--config", config, "--listen", f"127.0.0.1:{port}"],
+    p = procs.start([*pinned(cpus), SERVER, "serve", *argv, "--config", config, "--listen", f"127.0.0.1:{port}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     env=dict(os.environ, RUST_LOG="warn"))
     wait_port(port, p)
@@ -430,6 +435,14 @@ def main():
         measure("nbde-server per-device, SQLite", port, device_path(device), args.body,
                 [server.pid], args, floor_us, rows)
         procs.stop(server)
+        if (os.cpu_count() or 1) >= 2:
+            # The same store with the server on one core and wrk on the other: what a
+            # recovery costs the server itself, without wrk's threads in its run queue.
+            server, port = start_server(procs, ["--data", data, "--tang-dir", keys], cpus="0")
+            measure("nbde-server per-device, SQLite, server on CPU 0, wrk on CPU 1", port,
+                    device_path(device), args.body, [server.pid], args, floor_us, rows,
+                    wrk_cpus="1")
+            procs.stop(server)
 
         if has_postgres():
             pg, url = start_pg(procs, work)
@@ -467,7 +480,7 @@ def render(args, rows, mul, floor_us, s, notes):
     out = [f"wrk, new connection per request, {args.seconds} s per cell, P-521 exchange keys, "
            "loopback; CPU is the nbde-server processes' utime+stime over the cell per answer (not "
            "PostgreSQL's or haproxy's; not for tangd, whose per-connection processes are "
-           "counted only when reaped). wrk runs on the same 2 cores.\n", table(rows, floor_us), ""]
+           "counted only when reaped). wrk runs on the same 2 cores, except in the pinned row.\n", table(rows, floor_us), ""]
     out += ["Floor: one variable-base multiplication, median µs (`cargo bench -p nbde-server "
             "--bench mul`):\n", "| curve | RustCrypto | AWS-LC (server) | floor on 2 cores |",
             "|---|---|---|---|"]
