@@ -12,9 +12,12 @@ use nbde_proto::{Curve, b64};
 use nbde_server::kek::Kek;
 use nbde_server::keys;
 use nbde_server::policy::{DeviceState, Effect};
-use nbde_server::store::history::Entry;
 use nbde_server::store::{EscrowKeyRow, Location, NewEscrowRow, Store, StoreError};
 use testkit::{NbdeServer, Postgres, bin, run};
+
+mod store_contract;
+
+use store_contract::{entry, seeded};
 
 /// One KEK for every store of this process: a test opens one database several times.
 static KEK: std::sync::LazyLock<Kek> = std::sync::LazyLock::new(|| Kek::generate().unwrap());
@@ -24,26 +27,6 @@ fn open(url: &str) -> Store {
         .unwrap()
         .with_kek(KEK.clone())
         .unwrap()
-}
-
-/// Org "acme" with device "web1"; its id.
-fn seeded(store: &Store) -> i64 {
-    store
-        .add_org("acme", &keys::generate_signing_key().unwrap())
-        .unwrap();
-    let exchange = keys::generate_exchange_key(Curve::P256).unwrap();
-    store.add_device("acme", "web1", &exchange).unwrap()
-}
-
-fn entry(decision: &'static str) -> Entry {
-    Entry {
-        org: Some("acme".into()),
-        device: Some("web1".into()),
-        peer: "192.0.2.1".into(),
-        kid: None,
-        decision,
-        reason: "test".into(),
-    }
 }
 
 /// Runs `call` on `threads` threads, half of them on each store, all released together.

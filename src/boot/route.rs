@@ -3,6 +3,7 @@
 //! configures the machine, where a fixed sleep would add up to its whole length to the
 //! boot, and a short one would take CPU from the very services bringing the network up.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// Link, IPv4/IPv6 address and route changes (`rtnetlink(7)` multicast groups).
@@ -15,49 +16,47 @@ const GROUPS: u32 = (libc::RTMGRP_LINK
 /// Subscribed from creation on, so a change between a failed attempt and the wait that
 /// follows it is not missed: it is waiting in the socket.
 pub struct RouteWatch {
-    /// -1 where netlink is not available: `wait` then sleeps its whole timeout.
-    fd: i32,
+    /// None where netlink is not available: `wait` then sleeps its whole timeout.
+    socket: Option<OwnedFd>,
 }
 
 impl RouteWatch {
     pub fn new() -> RouteWatch {
-        // SAFETY: plain syscalls on a socket this struct owns and closes on drop; the
-        // address is a zeroed sockaddr_nl with family and groups set, passed with its size.
+        // SAFETY: socket(2) returns a new descriptor (or -1) that nothing else owns.
         let fd = unsafe {
-            let fd = libc::socket(
+            libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
                 libc::NETLINK_ROUTE,
-            );
-            if fd >= 0 {
+            )
+        };
+        // SAFETY: `fd` is that fresh descriptor; OwnedFd closes it, once.
+        let socket = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+        let socket = socket.filter(|socket| {
+            // SAFETY: a zeroed sockaddr_nl with family and groups set, passed with its size.
+            unsafe {
                 let mut address: libc::sockaddr_nl = std::mem::zeroed();
                 address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
                 address.nl_groups = GROUPS;
-                let bound = libc::bind(
-                    fd,
+                libc::bind(
+                    socket.as_raw_fd(),
                     (&raw const address).cast(),
                     std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                );
-                if bound != 0 {
-                    libc::close(fd);
-                }
-                if bound == 0 { fd } else { -1 }
-            } else {
-                -1
+                ) == 0
             }
-        };
-        RouteWatch { fd }
+        });
+        RouteWatch { socket }
     }
 
     /// Waits until the network configuration changes or `timeout` passes; true if it
     /// changed. Every change seen so far is consumed.
     pub fn wait(&self, timeout: Duration) -> bool {
-        if self.fd < 0 {
+        let Some(socket) = &self.socket else {
             std::thread::sleep(timeout);
             return false;
-        }
+        };
         let mut poll = libc::pollfd {
-            fd: self.fd,
+            fd: socket.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -69,7 +68,7 @@ impl RouteWatch {
         let mut buffer = [0u8; 8192];
         // SAFETY: reads into a local buffer of the length given; the socket is
         // non-blocking, so the loop ends when the queue is empty (or on any error).
-        while unsafe { libc::recv(self.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) } > 0 {}
+        while unsafe { libc::recv(poll.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) } > 0 {}
         true
     }
 }
@@ -77,15 +76,6 @@ impl RouteWatch {
 impl Default for RouteWatch {
     fn default() -> Self {
         RouteWatch::new()
-    }
-}
-
-impl Drop for RouteWatch {
-    fn drop(&mut self) {
-        if self.fd >= 0 {
-            // SAFETY: closing the fd this struct owns, once.
-            unsafe { libc::close(self.fd) };
-        }
     }
 }
 
@@ -131,7 +121,7 @@ mod tests {
                 std::io::Error::last_os_error()
             );
             let watch = RouteWatch::new();
-            assert!(watch.fd >= 0);
+            assert!(watch.socket.is_some());
             let started = Instant::now();
             assert!(
                 !watch.wait(Duration::from_millis(200)),

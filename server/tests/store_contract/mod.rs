@@ -32,7 +32,7 @@ pub fn backends() -> Vec<(&'static str, Store, Keep)> {
     ]
 }
 
-/// Org "acme" with device "web1", and an approver account.
+/// Org "acme" with device "web1"; its id.
 pub fn seeded(store: &Store) -> i64 {
     store
         .add_org("acme", &keys::generate_signing_key().unwrap())
