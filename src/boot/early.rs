@@ -18,7 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{
-    NO_ROUTE_RETRY, Recovered, RouteWatch, bindings, no_route_anywhere, recover_once, status,
+    NO_ROUTE_RETRY, NO_ROUTE_WORDS, Recovered, RouteWatch, bindings, no_route_anywhere,
+    recover_once, status,
 };
 use crate::luks::Volume;
 use crate::pin::Context;
@@ -106,6 +107,7 @@ impl Early {
             found.len()
         ));
         let route = RouteWatch::new();
+        let mut said_no_route = false;
         loop {
             if is_open(rdev) || self.taken(index) {
                 return State::Done;
@@ -118,6 +120,12 @@ impl Early {
                 // Early in boot the network comes up any moment; an attempt that cannot
                 // leave the machine costs no server anything.
                 Err(failures) if no_route_anywhere(&failures) => {
+                    // Said once: a password request waiting for this round says nothing,
+                    // and a network that never comes would otherwise leave no word of why.
+                    if !said_no_route {
+                        status(&format!("{label}: {NO_ROUTE_WORDS}"));
+                        said_no_route = true;
+                    }
                     route.wait(NO_ROUTE_RETRY);
                 }
                 Err(_) => return State::Done,
