@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "qemu"))
 import boot  # noqa: E402
 import chroots  # noqa: E402
-import scenarios  # noqa: E402
+import host  # noqa: E402
 
 GENERATORS = ["minimal", "dracut", "initramfs-tools"]
 FLOOR = "none (floor: unencrypted root, no network)"
@@ -40,7 +40,7 @@ CLEVIS = {"dracut": ["clevis", "clevis-dracut", "clevis-luks"],
 
 def argon_image(path, keyfile):
     """The scenarios' root, but its passphrase slot with cryptsetup's default PBKDF."""
-    scenarios.lib(f"qemu_root_image '{path}' '{keyfile}'")
+    host.lib(f"qemu_root_image '{path}' '{keyfile}'")
     # Replace keyslot 0's cheap PBKDF2 by the default Argon2id (same passphrase).
     # Memory capped at 256 MiB so a 1 GiB guest can run it; time cost from cryptsetup's
     # own benchmark (2 s on this host).
@@ -103,7 +103,7 @@ def build(root, name, kver, out, ours=None, add="", floor=False):
     unencrypted floor does not have."""
     if ours:
         plugin = ["nbde-token-clevis"] if ours == "plugin" else []
-        chroots.install_ours(root, scenarios.DEBS, ["nbde-unlock", *plugin])
+        chroots.install_ours(root, host.DEBS, ["nbde-unlock", *plugin])
     else:
         chroots.remove_ours(root)
     if name == "dracut":
@@ -138,7 +138,7 @@ def bound_root(work, name, keyfile, config, stock):
         subprocess.run(["clevis", "luks", "bind", "-y", "-d", image, "-k", keyfile, "tang", config],
                        check=True, capture_output=True)
     else:
-        subprocess.run([scenarios.UNLOCK, "bind", "-d", image, "-k", keyfile, "tang", config],
+        subprocess.run([host.UNLOCK, "bind", "-d", image, "-k", keyfile, "tang", config],
                        check=True, capture_output=True)
     return image
 
@@ -160,25 +160,25 @@ def parse_args():
 
 def main():
     args = parse_args()
-    scenarios.build()
-    kdir = scenarios.kernel()
+    host.build()
+    kdir = host.kernel()
     kver = open(os.path.join(kdir, "version")).read().strip()
     work = tempfile.mkdtemp(prefix="nbde-bootbench-")
     keys = os.path.join(work, "tang")
     os.makedirs(keys)
     subprocess.run(["/usr/libexec/tangd-keygen", keys], check=True)
-    tangd = scenarios.Tangd(keys)
+    tangd = host.Tangd(keys)
     adv = os.path.join(work, "adv.jws")
     subprocess.run(["curl", "-sf", "-o", adv, f"http://127.0.0.1:{tangd.port}/adv"], check=True)
     config = json.dumps({"url": boot.guest_url(0), "adv": adv})
     keyfile = os.path.join(work, "pass")
     with open(keyfile, "w") as f:
-        f.write(scenarios.PASSPHRASE)
+        f.write(host.PASSPHRASE)
     floor_key = os.path.join(work, "floor.key")
     with open(floor_key, "wb") as f:
         f.write(os.urandom(32))
     plain = os.path.join(work, "plain.img")
-    scenarios.lib(f"qemu_plain_root_image '{plain}'")
+    host.lib(f"qemu_plain_root_image '{plain}'")
     # Every row's initramfs, disk image and command line are built first; the boots then run
     # round by round, so a slow stretch of the host spreads over every row alike.
     rows = []
@@ -189,13 +189,13 @@ def main():
 
     try:
         if "minimal" in args.generators:
-            minimal = scenarios.Minimal(kdir, work)
+            minimal = host.Minimal(kdir, work)
             # One image for both: the minimal init mounts a plain root when told nbde.plain.
             row("minimal", FLOOR, minimal.initrd(), plain, "nbde.plain", None)
             row("minimal", "nbde-unlock", minimal.initrd(),
                 bound_root(work, "minimal", keyfile, config, False), minimal.append, None)
         for name in [g for g in GENERATORS[1:] if g in args.generators]:
-            gen = chroots.ChrootGenerator(name, kdir, work, scenarios.DEBS)
+            gen = chroots.ChrootGenerator(name, kdir, work, host.DEBS)
             # Stock clevis: its own chroot (our files absent), bound by stock clevis.
             saved = chroots.PACKAGES[name]
             chroots.PACKAGES[name] = saved + CLEVIS[name]

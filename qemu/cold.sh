@@ -14,7 +14,7 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cache=$scratch/cache
 fail() { echo "cold.sh: $*" >&2; exit 1; }
-# As demo.sh and scenarios.py call it: a fresh bash, stdout captured.
+# As demo.sh and qemu/host.py call it: a fresh bash, stdout captured.
 kernel() { NBDE_CACHE=$cache bash -c ". '$here/lib.sh'; qemu_kernel"; }
 
 start=$SECONDS
