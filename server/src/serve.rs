@@ -93,8 +93,9 @@ pub fn run(config: Config, kek: &KekSource) -> Result<(), String> {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!("shutting down");
+            // Before the log line: the shutdown must not depend on logging.
             shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+            tracing::info!("shutting down");
         });
         let announce = handle.clone();
         let scheme = if config.tls_cert.is_some() {

@@ -164,6 +164,10 @@ pub fn serve(a: ServeArgs) -> Result<(), String> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr's reader gone) is lost, not reported on
+        // stderr: that report panics, and the panic ended whichever task logged (the
+        // SIGTERM handler, the history writer thread, a request).
+        .log_internal_errors(false)
         // Colours only for a person at a terminal, not in the journal or a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
