@@ -41,7 +41,9 @@ pub fn status(message: &str) {
         .and_then(|mut k| k.write_all(line.as_bytes()))
         .is_ok();
     if !wrote {
-        eprintln!("nbde-unlock: {message}");
+        // Not eprintln!, which panics (and a release build aborts) when stderr is gone: a
+        // status line is worth less than the unlock it reports on.
+        let _ = writeln!(std::io::stderr(), "nbde-unlock: {message}");
     }
 }
 
@@ -252,6 +254,10 @@ pub fn recover_until(
     stop: &AtomicBool,
     deadline: Option<Instant>,
 ) -> Option<Recovered> {
+    // A request already answered (a typed passphrase) or timed out asks no server.
+    if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+        return None;
+    }
     let mut backoff = Backoff::new();
     let mut said = String::new();
     let route = RouteWatch::new();
