@@ -31,7 +31,17 @@ impl NbdeServer {
 
     /// As `start`, on a given port (0: any free one).
     pub fn start_on(port: u16, extra_args: &[&str]) -> NbdeServer {
-        let data = tempdir();
+        NbdeServer::start_with_data(tempdir(), port, extra_args)
+    }
+
+    /// As `start`, with its data directory made inside `parent` (a file system of the
+    /// test's choosing).
+    pub fn start_in(parent: &Path, extra_args: &[&str]) -> NbdeServer {
+        let data = tempfile::tempdir_in(parent).unwrap();
+        NbdeServer::start_with_data(data, 0, extra_args)
+    }
+
+    fn start_with_data(data: tempfile::TempDir, port: u16, extra_args: &[&str]) -> NbdeServer {
         let kek_dir = tempdir();
         let kek = kek_dir.path().join("kek");
         let out = run_ok(
