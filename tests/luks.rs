@@ -504,3 +504,42 @@ fn a_failure_mid_change_restores_the_header_and_leaves_no_backup() {
         "the backup directory is gone: {trace}"
     );
 }
+
+/// No room left where the header's backup goes (a full /run): the change is refused before
+/// anything is written, with the reason, and the volume is as it was.
+#[test]
+fn a_full_run_refuses_a_bind_before_it_writes() {
+    let (_keys, tangd) = tang("P-256");
+    let dir = tempdir();
+    let image = luks_image(dir.path(), "root.img");
+    let pass = passphrase_file(&image);
+    let cfg = json!({"url": tangd.url()}).to_string();
+    let before = luks_json(&image);
+    // A tmpfs of its own on /run, filled, in a mount namespace that ends with the process.
+    let fill_run = "mount -t tmpfs -o size=64k tmpfs /run && \
+                    (head -c 1M /dev/zero > /run/filler) 2>/dev/null; exec \"$0\" \"$@\"";
+    let out = run(
+        "unshare",
+        &[
+            "--mount",
+            "sh",
+            "-c",
+            fill_run,
+            &nbde_unlock(),
+            "bind",
+            "-y",
+            "-d",
+            s(&image),
+            "-k",
+            s(&pass),
+            "tang",
+            &cfg,
+        ],
+        b"",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("No space left on device"), "{said}");
+    assert_eq!(luks_json(&image), before, "the header changed");
+    assert!(key_opens(&image, Some(0), &std::fs::read(&pass).unwrap()));
+}

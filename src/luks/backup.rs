@@ -23,7 +23,8 @@ pub struct HeaderBackup {
 
 impl HeaderBackup {
     pub fn take(volume: &mut Volume) -> Result<HeaderBackup> {
-        let dir = private_dir(&scratch_base(), "nbde-unlock")?;
+        let base = scratch_base();
+        let dir = private_dir(&base, "nbde-unlock")?;
         let path = dir.join("header");
         let format = volume.format();
         let written = volume
@@ -35,6 +36,16 @@ impl HeaderBackup {
         let file = match written {
             Ok(file) => file,
             Err(e) => {
+                // libcryptsetup reports any failed write as EIO: a file system it filled
+                // up is named as such (looked at before the partial copy is removed).
+                let e = if no_space_left(&dir) {
+                    Error::Io {
+                        what: format!("backing up the header into {}", base.display()),
+                        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    }
+                } else {
+                    e
+                };
                 let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_dir(&dir);
                 return Err(e);
@@ -88,5 +99,19 @@ impl Drop for HeaderBackup {
             let _ = std::fs::remove_file(path);
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+/// Whether the file system holding `dir` has no block left for us.
+fn no_space_left(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stats` is writable and
+    // statvfs fills it completely when it returns 0, the only case it is read.
+    unsafe {
+        libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) == 0 && stats.assume_init().f_bavail == 0
     }
 }
