@@ -48,6 +48,7 @@ fn console_origin(config: &Config) -> Option<String> {
 pub fn run(config: Config, kek: &KekSource) -> Result<(), String> {
     config.check_transport()?;
     let location = config.location()?;
+    let _claim = location.claim()?;
     let store = open_store(&location, kek)?;
     let tang_dir = config
         .tang_dir

@@ -92,6 +92,9 @@ pub fn init(args: InitArgs) -> Result<(), String> {
         args.database,
         args.kek_file.as_deref(),
     )?;
+    // No claim: the package runs `init --kek-only` while the service may run, and the
+    // first owner is made on the store the running service serves (accounts are read
+    // per request).
     check_store_owner(&location)?;
     if args.kek_only {
         return ensure_kek(&location, &kek);
@@ -122,6 +125,11 @@ pub fn init(args: InitArgs) -> Result<(), String> {
 pub fn migrate(args: MigrateArgs) -> Result<(), String> {
     let target = Location::database(&args.to)?;
     let source = Location::Sqlite(args.from.clone());
+    if !args.from.is_dir() {
+        return Err(format!("{}: no such data directory", args.from.display()));
+    }
+    // Rows a server wrote after the copy would be left behind.
+    let _claim = source.claim()?;
     let kek = KekSource::locate(args.kek_file.as_deref(), None, &source)?;
     let moved = migrate::sqlite_to_postgres(&args.from, &args.to, &kek)?;
     for (table, rows) in &moved {
@@ -146,6 +154,7 @@ pub fn rekey(args: RekeyArgs) -> Result<(), String> {
         args.kek_file.as_deref(),
     )?;
     check_store_owner(&location)?;
+    let _claim = location.claim()?;
     let done = kek_file::rekey(&location, &kek)?;
     eprintln!(
         "nbde-server: {} keys of {location} sealed under a new key-encryption key (id {}), \

@@ -9,6 +9,7 @@
 //! Destroyed means gone: a change that deletes exchange keys or an escrow blob leaves an
 //! erasure pending, and `erase_destroyed` removes every copy the backend left on disk.
 
+pub mod claim;
 pub mod history;
 pub mod migrate;
 pub mod postgres;
