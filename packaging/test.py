@@ -125,7 +125,7 @@ def main():
         script = f"""
 runuser -u _nbde-server -- {exec_start} --listen 127.0.0.1:{port} 2>/tmp/server.log &
 server=$!
-trap 'kill $server; wait $server' EXIT
+trap 's=$?; kill $server; wait $server || true; exit $s' EXIT
 for i in $(seq 100); do [ -n "$(ss -Hltn 'sport = :{port}')" ] && break; sleep 0.1; done
 export NBDE_SERVER=http://127.0.0.1:{port}
 # As root, init refuses the service's store (files root made there would lock it out).
@@ -141,7 +141,7 @@ nbde-server device add --org acme web1 --json > /tmp/device.json
         script = f"""
 runuser -u _nbde-server -- {exec_start} --listen 127.0.0.1:{port} 2>>/tmp/server.log &
 server=$!
-trap 'kill $server; wait $server' EXIT
+trap 's=$?; kill $server; wait $server || true; exit $s' EXIT
 for i in $(seq 100); do [ -n "$(ss -Hltn 'sport = :{port}')" ] && break; sleep 0.1; done
 printf 'packaged secret' | clevis encrypt tang '{cfg}' > /tmp/jwe
 clevis decrypt < /tmp/jwe > /tmp/plain
