@@ -6,6 +6,11 @@
 //! One thread per server process checks every `pace` (a tenth of the shortest max_silence
 //! set, between 1 s and 60 s, looked up every second); replicas on one database all check, and the store's
 //! guarded UPDATE lets exactly one of them disable a device.
+//!
+//! A time when no server checked is not the devices' silence (they could not have asked):
+//! the store keeps since when servers have checked with no gap longer than `gap`, and
+//! silence is counted from no earlier than that. After an outage, and when a max_silence
+//! is first set, every device has its full max_silence from the first check.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -62,9 +67,22 @@ pub fn check(seconds: i64) -> Result<(), String> {
     }
 }
 
-/// One round: disables the silent devices and reloads the keys if any was.
-fn round(state: &AppState) {
-    match state.store.disable_silent(now()) {
+/// The longest time between two checks that still counts as watching without a gap:
+/// three paces (a round late or two), and a little for a slow database.
+pub fn gap(pace: Duration) -> i64 {
+    3 * pace.as_secs() as i64 + 2
+}
+
+/// One round: disables the silent devices and reloads the keys if any was. A device's
+/// silence is counted from no earlier than since when servers have checked without a gap:
+/// while no server ran, no device could ask.
+fn round(state: &AppState, pace: Duration) {
+    let now = now();
+    let checked = state
+        .store
+        .watched_since(now, gap(pace))
+        .and_then(|since| state.store.disable_silent(now, since));
+    match checked {
         Ok(silenced) => {
             for s in &silenced {
                 tracing::info!(org = %s.org, device = %s.device, "{}", s.reason());
@@ -94,8 +112,9 @@ pub fn start(state: &Arc<AppState>) -> std::io::Result<()> {
                 let Ok(Some(shortest)) = state.store.shortest_max_silence() else {
                     continue;
                 };
-                if last.elapsed() >= pace(Some(shortest)) {
-                    round(&state);
+                let pace = pace(Some(shortest));
+                if last.elapsed() >= pace {
+                    round(&state, pace);
                     last = std::time::Instant::now();
                 }
             }

@@ -157,9 +157,11 @@ fn make_plain(data: &Path, kek: &Path) {
             .unwrap();
         }
     }
-    // Schema version 5: without what versions 6 (key_encryption) and 7 (liveness) added.
+    // Schema version 5: without what versions 6 (key_encryption), 7 (liveness) and 8 (the
+    // liveness watch) added.
     db.execute_batch(
         "DROP TABLE key_encryption;
+         DROP TABLE liveness_watch;
          ALTER TABLE orgs DROP COLUMN max_silence;
          ALTER TABLE devices DROP COLUMN max_silence;
          ALTER TABLE devices DROP COLUMN alive_since;

@@ -132,3 +132,41 @@ fn max_silence_out_of_range_is_refused() {
     let out = server.admin(&["org", "liveness", "nope", "--max-silence", "1h"]);
     assert!(!out.status.success());
 }
+
+/// A server down for longer than a device's max_silence: the device could not ask, so it
+/// is not disabled when the server comes back; it is once it stays silent for its
+/// max_silence with the server up.
+#[test]
+fn an_outage_of_the_server_is_not_silence() {
+    let mut server = NbdeServer::start(&[]);
+    let sleeper = bind(&server, "sleeper");
+    server.admin_ok(&["org", "liveness", "acme", "--max-silence", "3s"]);
+    // Watched for a while (checks run every second), the device asking.
+    for _ in 0..5 {
+        assert!(recovers(&sleeper, "sleeper"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    server.stop();
+    std::thread::sleep(Duration::from_secs(8));
+    server.restart();
+    let back = Instant::now();
+    // Two checks after the restart (one a second), 10 s after the last request.
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(
+        state(&server, "acme/sleeper"),
+        "active",
+        "the outage counted"
+    );
+    while state(&server, "acme/sleeper") == "active" {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "never disabled after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let waited = back.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "disabled {waited:?} after the restart"
+    );
+}

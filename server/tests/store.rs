@@ -416,3 +416,40 @@ fn webhooks_are_per_org_and_removed_by_id() {
         assert_eq!(store.webhooks("acme").unwrap().len(), 1, "{name}");
     }
 }
+
+#[test]
+fn liveness_counts_silence_only_while_servers_watch() {
+    for (name, store, _keep) in backends() {
+        seeded(&store);
+        store.set_org_max_silence("acme", Some(100)).unwrap();
+        // By the clock web1 has been silent since its creation, 1,000 s before the first
+        // check; but no server watched then.
+        let t0 = nbde_server::store::now() + 1_000;
+        let check = |at: i64| {
+            let since = store.watched_since(at, 10).unwrap();
+            (since, store.disable_silent(at, since).unwrap())
+        };
+        assert_eq!(check(t0), (t0, vec![]), "{name}: the first check");
+        for at in (t0 + 10..=t0 + 100).step_by(10) {
+            assert_eq!(
+                check(at),
+                (t0, vec![]),
+                "{name}: watched without a gap at {at}"
+            );
+        }
+        // No check for 100 s (no server ran): the watch starts again.
+        let t1 = t0 + 200;
+        assert_eq!(check(t1), (t1, vec![]), "{name}: after a gap");
+        for at in (t1 + 10..=t1 + 100).step_by(10) {
+            assert_eq!(check(at), (t1, vec![]), "{name}: {at}");
+        }
+        let (since, silenced) = check(t1 + 101);
+        assert_eq!(since, t1, "{name}");
+        assert_eq!(silenced.len(), 1, "{name}");
+        assert_eq!(
+            silenced[0].reason(),
+            "disabled: silent for 101s (max_silence 100s)",
+            "{name}"
+        );
+    }
+}

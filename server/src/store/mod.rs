@@ -282,7 +282,8 @@ pub trait Webhooks {
 pub struct Silenced {
     pub org: String,
     pub device: String,
-    /// Seconds since its last sign of life (request, creation or enabling).
+    /// Seconds since its last sign of life (request, creation or enabling), or since
+    /// servers began watching, if later.
     pub silent_for: i64,
     pub max_silence: i64,
 }
@@ -307,11 +308,16 @@ pub trait Liveness {
     fn max_silence(&self, org: &str, device: &str) -> Result<(Option<i64>, Option<i64>)>;
     /// The shortest max_silence set anywhere: the check's pace. None if none is set.
     fn shortest_max_silence(&self) -> Result<Option<i64>>;
+    /// Records a check at `now` by this server; returns since when servers have checked
+    /// with no gap longer than `gap` seconds between two checks: `now` on the first check
+    /// and after a longer gap (no server ran, so no device could ask).
+    fn watched_since(&self, now: i64, gap: i64) -> Result<i64>;
     /// Disables every active device whose last sign of life (newest history row, creation,
-    /// enabling) is more than its max_silence before `now`; each in a transaction of its
-    /// own whose UPDATE is guarded by the same condition, with its history and audit rows,
-    /// so that of several replicas checking at once exactly one disables a device.
-    fn disable_silent(&self, now: i64) -> Result<Vec<Silenced>>;
+    /// enabling, or `watched_since` if later) is more than its max_silence before `now`;
+    /// each in a transaction of its own whose UPDATE is guarded by the same condition, with
+    /// its history and audit rows, so that of several replicas checking at once exactly one
+    /// disables a device.
+    fn disable_silent(&self, now: i64, watched_since: i64) -> Result<Vec<Silenced>>;
 }
 
 /// What applying a decision's effect did.

@@ -61,12 +61,28 @@ impl Liveness for Postgres {
         Ok(row.get(0))
     }
 
-    fn disable_silent(&self, now: i64) -> Result<Vec<Silenced>> {
+    fn watched_since(&self, now: i64, gap: i64) -> Result<i64> {
+        let row = self.with(|c| {
+            c.query_one(
+                "INSERT INTO liveness_watch (id, since, checked_at) VALUES (1, $1, $1)
+                 ON CONFLICT (id) DO UPDATE SET
+                     since = CASE WHEN liveness_watch.checked_at < $1 - $2 THEN $1
+                                  ELSE liveness_watch.since END,
+                     checked_at = greatest(liveness_watch.checked_at, $1)
+                 RETURNING since",
+                &[&now, &gap],
+            )
+        })?;
+        Ok(row.get(0))
+    }
+
+    fn disable_silent(&self, now: i64, watched_since: i64) -> Result<Vec<Silenced>> {
         let rows = self.with(|c| c.query(CANDIDATES, &[]))?;
         let mut silenced = Vec::new();
         for r in rows {
             let (id, org, device, max_silence, last): (i64, String, String, i64, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let last = last.max(watched_since);
             if now - last <= max_silence {
                 continue;
             }

@@ -32,12 +32,13 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_console.sql"),
     include_str!("../../../migrations/postgres/0003_webhooks.sql"),
     include_str!("../../../migrations/postgres/0004_key_encryption.sql"),
     include_str!("../../../migrations/postgres/0005_liveness.sql"),
+    include_str!("../../../migrations/postgres/0006_liveness_watch.sql"),
 ];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.

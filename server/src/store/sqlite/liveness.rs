@@ -65,7 +65,22 @@ impl Liveness for Sqlite {
         })
     }
 
-    fn disable_silent(&self, now: i64) -> Result<Vec<Silenced>> {
+    fn watched_since(&self, now: i64, gap: i64) -> Result<i64> {
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO liveness_watch (id, since, checked_at) VALUES (1, ?1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET
+                     since = CASE WHEN liveness_watch.checked_at < ?1 - ?2 THEN ?1
+                                  ELSE liveness_watch.since END,
+                     checked_at = max(liveness_watch.checked_at, ?1)
+                 RETURNING since",
+                params![now, gap],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    fn disable_silent(&self, now: i64, watched_since: i64) -> Result<Vec<Silenced>> {
         let candidates: Vec<(i64, String, String, i64, i64)> = self.with(|c| {
             c.prepare_cached(CANDIDATES)?
                 .query_map([], |r| {
@@ -75,6 +90,7 @@ impl Liveness for Sqlite {
         })?;
         let mut silenced = Vec::new();
         for (id, org, device, max_silence, last) in candidates {
+            let last = last.max(watched_since);
             if now - last <= max_silence {
                 continue;
             }

@@ -22,7 +22,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_policy.sql"),
     include_str!("../../../migrations/0003_escrow.sql"),
@@ -30,6 +30,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../../../migrations/0005_webhooks.sql"),
     include_str!("../../../migrations/0006_key_encryption.sql"),
     include_str!("../../../migrations/0007_liveness.sql"),
+    include_str!("../../../migrations/0008_liveness_watch.sql"),
 ];
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
