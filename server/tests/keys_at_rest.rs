@@ -375,6 +375,27 @@ fn rekey_keeps_recoveries_and_retires_the_old_kek() {
     let mut a = NbdeServer::start_on_database(&url, &[]);
     let mut b = a.replica(&[]);
     let bound = populate(&a);
+    // Beside running replicas a rekey is refused, and changes nothing.
+    let kek_before = std::fs::read(&a.kek).unwrap();
+    let out = run(
+        &bin("nbde-server"),
+        &[
+            "rekey",
+            "--database",
+            &url,
+            "--kek-file",
+            a.kek.to_str().unwrap(),
+        ],
+        b"",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rekeyed beside two replicas");
+    assert!(
+        said.contains("2 nbde-server process(es) serve this database"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&a.kek).unwrap(), kek_before);
+    assert!(!pending_kek(&a.kek).exists());
     b.stop();
     rekey_and_check(&mut a, &["--database", &url], &bound);
     let e = refused_serve(&["--database", &url, "--kek-file", b.kek.to_str().unwrap()]);

@@ -234,6 +234,7 @@ pub fn rekey(location: &Location, source: &KekSource) -> Result<Rekeyed, String>
     };
     // Also finishes a rekey that stopped after its commit.
     let store = open_store(location, source)?;
+    store.exclude_servers().map_err(|e| e.to_string())?;
     let pending = pending_path(path);
     if pending.exists() {
         // The store is sealed under PATH's key: this is a rekey stopped before its commit.

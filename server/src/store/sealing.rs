@@ -116,6 +116,9 @@ pub trait SealedKeys {
     /// under `to`. Conflict if a guard fails (nothing changed). An erasure is left pending
     /// when texts were replaced.
     fn reseal(&self, from: Option<&str>, to: &str, keys: &[Resealed]) -> Result<()>;
+    /// Refuses (Conflict, saying how many) while a server serves this store, and keeps
+    /// servers from starting to until this process ends: a rekey runs alone.
+    fn exclude_servers(&self) -> Result<()>;
 }
 
 /// Why a store and a KEK do not go together.

@@ -43,6 +43,9 @@ const MIGRATIONS: [&str; 6] = [
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x6e62_6465_6d69_6772; // "nbdemigr"
+/// Held shared by every serving replica (on its change listener's connection) and
+/// exclusively by a rekey, which so refuses to run beside a replica.
+const SERVING_LOCK: i64 = 0x6e62_6465_7365_7276; // "nbdeserv"
 
 const POOL_SIZE: u32 = 8;
 /// A call waits at most this long for a connection; then it answers Unavailable.
@@ -158,6 +161,8 @@ pub struct Postgres {
     connect: tls::Connect,
     /// Set on drop: the change listener's thread ends at its next wake-up.
     closed: Arc<AtomicBool>,
+    /// The session holding `SERVING_LOCK` exclusively, once `exclude_servers` took it.
+    excluding: std::sync::Mutex<Option<Client>>,
 }
 
 impl Drop for Postgres {
@@ -200,6 +205,7 @@ impl Postgres {
             pool,
             connect,
             closed: Arc::new(AtomicBool::new(false)),
+            excluding: std::sync::Mutex::new(None),
         };
         store.with(migrate)?;
         // An erasure a previous run could not confirm is finished before anything else.

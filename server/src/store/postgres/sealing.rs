@@ -28,6 +28,36 @@ fn changed_meanwhile() -> StoreError {
 }
 
 impl SealedKeys for Postgres {
+    fn exclude_servers(&self) -> Result<()> {
+        let mut client = self.connect.connect().map_err(super::unavailable)?;
+        let alone: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&super::SERVING_LOCK])
+            .map_err(super::unavailable)?
+            .get(0);
+        if !alone {
+            // A bigint advisory key is (classid, objid) = (high, low) 32 bits, objsubid 1.
+            let servers: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+                       AND mode = 'ShareLock' AND objsubid = 1
+                       AND classid = ($1::bigint >> 32)::oid
+                       AND objid = ($1::bigint & 4294967295)::oid",
+                    &[&super::SERVING_LOCK],
+                )
+                .map_err(super::unavailable)?
+                .get(0);
+            return Err(StoreError::Conflict(format!(
+                "{servers} nbde-server process(es) serve this database: stop every replica \
+                 first"
+            )));
+        }
+        *self
+            .excluding
+            .lock()
+            .map_err(|_| StoreError::Unavailable("lock poisoned".into()))? = Some(client);
+        Ok(())
+    }
+
     fn kek_id(&self) -> Result<Option<String>> {
         Ok(self
             .with(|c| c.query_opt("SELECT kek_id FROM key_encryption WHERE id = 1", &[]))?

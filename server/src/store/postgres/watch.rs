@@ -67,6 +67,12 @@ fn listen(
     closed: &AtomicBool,
     on_change: &(dyn Fn() + Send + Sync),
 ) -> std::result::Result<(), postgres::Error> {
+    // A rekey holds the lock exclusively: this server is seen serving from here on (and
+    // waits while a rekey runs).
+    client.execute(
+        "SELECT pg_advisory_lock_shared($1)",
+        &[&super::SERVING_LOCK],
+    )?;
     client.batch_execute("LISTEN nbde_changes")?;
     // What changed while nobody listened is unknown: reload once now.
     on_change();

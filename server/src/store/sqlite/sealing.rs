@@ -20,6 +20,11 @@ pub(super) fn is_store_kek(tx: &Transaction<'_>, kek_id: &str) -> rusqlite::Resu
 }
 
 impl SealedKeys for Sqlite {
+    fn exclude_servers(&self) -> Result<()> {
+        // The data directory's claim (`store::claim`), taken before the store is opened.
+        Ok(())
+    }
+
     fn kek_id(&self) -> Result<Option<String>> {
         self.with(|c| {
             c.query_row("SELECT kek_id FROM key_encryption WHERE id = 1", [], |r| {
