@@ -112,22 +112,30 @@ pub fn run(config: Config, kek: &KekSource) -> Result<(), String> {
             }
         });
         let listen = config.listen();
-        let served = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let tls = tls_config(cert, key)?;
-                let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-                axum_server::bind_rustls(listen, tls)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
-            _ => {
-                axum_server::bind(listen)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            _ => None,
         };
+        // On a worker, not on this thread: `block_on` runs its future here, and an accept
+        // loop here would hand every connection to a worker thread it must wake first.
+        let serving = tokio::spawn(async move {
+            match tls {
+                Some(tls) => {
+                    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+                    axum_server::bind_rustls(listen, tls)
+                        .handle(handle)
+                        .serve(service)
+                        .await
+                }
+                None => {
+                    axum_server::bind(listen)
+                        .handle(handle)
+                        .serve(service)
+                        .await
+                }
+            }
+        });
+        let served = serving.await.map_err(|e| format!("{listen}: {e}"))?;
         served.map_err(|e| format!("{listen}: {e}"))
     })
 }
