@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, Cidr};
 use crate::ratelimit::{FailedTokens, RateLimits, RecLimiter};
 use crate::store::Store;
-use crate::store::history::Writer;
+use crate::store::history::{Batching, Writer};
 use crate::tang_dir::TangDir;
 
 /// What the HTTP layer needs from the configuration.
@@ -55,7 +55,9 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, tang_dir: Option<TangDir>, settings: Settings) -> Result<AppState> {
         let keys = KeyRing::load(&store, None)?;
-        let history = Writer::start(store.history_sink()?)?;
+        // Tokio's default: a worker per core.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let history = Writer::start(store.history_sink()?, Batching::for_workers(workers))?;
         let passkeys = match &settings.console_origin {
             Some(origin) => {
                 Some(console::PasskeyConfig::new(origin).map_err(ApiError::BadRequest)?)

@@ -273,6 +273,7 @@ pub async fn device_rec(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let _handling = state.history.handling();
     let peer = state.client_address(peer.ip(), &headers);
     let ring = state.key_ring();
     // The one lookup by name: from here on the device is its keys and its store id.
@@ -431,6 +432,7 @@ pub async fn dir_rec(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let _handling = state.history.handling();
     let source = state.client_address(peer.ip(), &headers);
     let entry = Entry {
         org: None,

@@ -2,9 +2,15 @@
 //!
 //! A single writer thread owns its own connection and commits whatever rows are waiting in
 //! one transaction (group commit), so a burst of requests shares one fsync while every
-//! request still waits for its own row to be durable.
+//! request still waits for its own row to be durable. When more requests are being handled
+//! than there are cores, the server is saturated and a commit waits a little for their rows
+//! (at most `LINGER`): the wait costs no throughput then, and each commit (its fsync, the
+//! wakeups around it) is shared by more rows. Below saturation a row is committed at once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -14,6 +20,11 @@ pub use crate::api::HistoryEntry as Row;
 
 /// Rows committed together at most.
 const MAX_BATCH: usize = 512;
+
+/// Longest a commit waits for the rows of other requests being handled in production. About one P-521
+/// multiplication and a half: at 16 connections on 2 cores it doubles the rows per commit
+/// (bench/storm.py: 9 % less server CPU per recovery, 20 % more recoveries a second).
+const LINGER: Duration = Duration::from_micros(300);
 
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -35,22 +46,32 @@ type Job = (Entry, oneshot::Sender<bool>);
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// `/rec` requests being handled: the writer's measure of saturation.
+    handling: Arc<AtomicUsize>,
+}
+
+/// A `/rec` request being handled, counted until it drops.
+pub struct Handling(Arc<AtomicUsize>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Writer {
-    pub fn start(mut sink: Box<dyn HistorySink>) -> Result<Writer> {
+    pub fn start(mut sink: Box<dyn HistorySink>, batching: Batching) -> Result<Writer> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let handling = Arc::new(AtomicUsize::new(0));
+        let saturation = Saturation {
+            handling: handling.clone(),
+            batching,
+        };
         std::thread::Builder::new()
             .name("history-writer".into())
             .spawn(move || {
                 while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = saturation.collect(&queue, first);
                     let rows: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
                     let committed = sink.write(&rows);
                     if let Err(e) = &committed {
@@ -62,7 +83,13 @@ impl Writer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("history writer: {e}")))?;
-        Ok(Writer { jobs })
+        Ok(Writer { jobs, handling })
+    }
+
+    /// Counts a `/rec` request as being handled until the guard drops.
+    pub fn handling(&self) -> Handling {
+        self.handling.fetch_add(1, Ordering::AcqRel);
+        Handling(self.handling.clone())
     }
 
     /// Queues `entry` for the next commit and returns at once, so the caller can compute
@@ -80,6 +107,52 @@ impl Writer {
     }
 }
 
+/// When a commit waits for more rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    /// How many requests the server works on at once (its cores).
+    pub workers: usize,
+    /// How long a commit waits at most while the server is saturated.
+    pub linger: Duration,
+}
+
+impl Batching {
+    pub fn for_workers(workers: usize) -> Batching {
+        Batching {
+            workers,
+            linger: LINGER,
+        }
+    }
+}
+
+struct Saturation {
+    handling: Arc<AtomicUsize>,
+    batching: Batching,
+}
+
+impl Saturation {
+    /// The rows of the next commit: `first`, whatever is queued, and while more requests
+    /// are being handled than there are rows and workers, what comes within the linger.
+    fn collect(&self, queue: &mpsc::Receiver<Job>, first: Job) -> Vec<Job> {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + self.batching.linger;
+        while batch.len() < MAX_BATCH {
+            if let Ok(job) = queue.try_recv() {
+                batch.push(job);
+                continue;
+            }
+            if self.handling.load(Ordering::Acquire) <= batch.len().max(self.batching.workers) {
+                break;
+            }
+            match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+}
+
 /// A row handed to the writer.
 pub struct Pending(oneshot::Receiver<bool>);
 
@@ -87,5 +160,98 @@ impl Pending {
     /// True once the row is committed; false if it cannot be (the server must not take part).
     pub async fn committed(self) -> bool {
         self.0.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Remembers the size of each committed batch.
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
+
+    impl HistorySink for Sizes {
+        fn write(&mut self, batch: &[&Entry]) -> Result<()> {
+            self.0.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+    }
+
+    fn writer(workers: usize, linger: Duration) -> (Writer, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Box::new(Sizes(sizes.clone()));
+        let writer = Writer::start(sink, Batching { workers, linger }).unwrap();
+        (writer, sizes)
+    }
+
+    fn row(reason: &str) -> Entry {
+        Entry {
+            org: Some("o".into()),
+            device: Some("d".into()),
+            peer: "192.0.2.1".into(),
+            kid: None,
+            decision: "allowed",
+            reason: reason.into(),
+        }
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn below_saturation_a_row_is_committed_at_once() {
+        let (writer, sizes) = writer(2, Duration::from_secs(30));
+        let _handling = [writer.handling(), writer.handling()];
+        let started = Instant::now();
+        assert!(block_on(writer.record(row("alone"))));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the linger"
+        );
+        assert_eq!(*sizes.lock().unwrap(), [1]);
+    }
+
+    #[test]
+    fn saturated_a_commit_waits_for_the_rows_being_handled() {
+        let (writer, sizes) = writer(1, Duration::from_secs(30));
+        let _handling = [writer.handling(), writer.handling(), writer.handling()];
+        let started = Instant::now();
+        let pending: Vec<Pending> = ["a", "b", "c"]
+            .into_iter()
+            .map(|r| {
+                std::thread::sleep(Duration::from_millis(20));
+                writer.submit(row(r))
+            })
+            .collect();
+        // The third row is the last of the three requests being handled: no need to wait on.
+        for p in pending {
+            assert!(block_on(p.committed()));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the linger"
+        );
+        assert_eq!(*sizes.lock().unwrap(), [3]);
+    }
+
+    #[test]
+    fn a_commit_waits_no_longer_than_the_linger() {
+        let linger = Duration::from_millis(200);
+        let (writer, sizes) = writer(1, linger);
+        let _handling = [writer.handling(), writer.handling(), writer.handling()];
+        let started = Instant::now();
+        assert!(block_on(writer.record(row("only"))));
+        let waited = started.elapsed();
+        assert!(
+            waited >= linger && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+        assert_eq!(*sizes.lock().unwrap(), [1]);
     }
 }
