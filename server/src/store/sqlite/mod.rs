@@ -16,6 +16,7 @@ mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -106,6 +107,11 @@ pub struct Sqlite {
     /// writer's commit, so a snapshot costs a few page-cache reads and can run on the
     /// request's own thread.
     reader: Mutex<Connection>,
+    /// Counts the uses of `conn`, through which every change of a device's policy goes
+    /// (the history writer's connection writes only history rows): a `/rec` snapshot read
+    /// at one count is good for as long as the count stays.
+    changes: AtomicU64,
+    snapshots: Mutex<rec::SnapshotCache>,
 }
 
 impl Sqlite {
@@ -129,6 +135,8 @@ impl Sqlite {
             path,
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
+            changes: AtomicU64::new(0),
+            snapshots: Mutex::new(rec::SnapshotCache::default()),
         })
     }
 
@@ -143,7 +151,12 @@ impl Sqlite {
 
     /// Runs `f` on the shared connection.
     fn locked<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        f(&mut *lock(&self.conn)?)
+        let mut conn = lock(&self.conn)?;
+        let result = f(&mut conn);
+        // Counted once `f` has committed and before its caller can answer anyone: a
+        // snapshot cached before the change is read again by the next `/rec`.
+        self.changes.fetch_add(1, Ordering::Release);
+        result
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -180,8 +193,9 @@ impl Sqlite {
     }
 }
 
-fn lock(conn: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>> {
-    conn.lock()
+fn lock<T>(mutex: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    mutex
+        .lock()
         .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))
 }
 
