@@ -201,6 +201,32 @@ fn retired_keys_and_blobs_leave_no_copy_in_the_cluster() {
 }
 
 #[test]
+fn signing_keys_sampled_into_the_statistics_by_an_older_schema_are_dropped() {
+    let cluster = Postgres::start();
+    let url = cluster.create_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    seeded(&open(&url));
+    let samples = "SELECT count(*) FROM pg_stats
+                   WHERE tablename = 'signing_keys' AND attname = 'jwk'";
+    // A store made before migration 4, after an ANALYZE; 6 is the schema before the fix.
+    cluster.psql_in(
+        &db,
+        "ALTER TABLE signing_keys ALTER COLUMN jwk SET STATISTICS -1;
+         ANALYZE signing_keys;
+         UPDATE schema_version SET version = 6",
+    );
+    assert_eq!(cluster.psql_in(&db, samples).trim(), "1", "nothing sampled");
+    let store = open(&url);
+    assert_eq!(cluster.psql_in(&db, samples).trim(), "0", "samples kept");
+    cluster.psql_in(&db, "ANALYZE signing_keys");
+    assert_eq!(cluster.psql_in(&db, samples).trim(), "0", "sampled again");
+    assert!(
+        !store.devices().unwrap().is_empty(),
+        "the store's devices stay"
+    );
+}
+
+#[test]
 fn an_erasure_that_cannot_be_confirmed_stays_pending() {
     let cluster = Postgres::start();
     let url = cluster.create_database();

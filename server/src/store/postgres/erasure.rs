@@ -17,7 +17,8 @@
 //!   `pg_wal` that no segment up to the switch is left (`wal_keep_size`, a replication
 //!   slot or a pending archive keeps them).
 //! - pg_statistic: ANALYZE copies sampled values there; the schema sets the statistics
-//!   target of the key and blob columns to 0, so none are sampled.
+//!   target of the key and blob columns to 0, so none are sampled. Signing keys got theirs
+//!   only in migration 4; migration 7 drops what ANALYZE sampled of them before.
 //!
 //! Out of reach, and so not confirmed or not covered:
 //! - Archived WAL (`archive_mode` on): the copies are wherever archive_command put them.

@@ -32,13 +32,14 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_console.sql"),
     include_str!("../../../migrations/postgres/0003_webhooks.sql"),
     include_str!("../../../migrations/postgres/0004_key_encryption.sql"),
     include_str!("../../../migrations/postgres/0005_liveness.sql"),
     include_str!("../../../migrations/postgres/0006_liveness_watch.sql"),
+    include_str!("../../../migrations/postgres/0007_signing_key_statistics.sql"),
 ];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.
