@@ -55,9 +55,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, tang_dir: Option<TangDir>, settings: Settings) -> Result<AppState> {
         let keys = KeyRing::load(&store, None)?;
-        // Tokio's default: a worker per core.
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let history = Writer::start(store.history_sink()?, Batching::for_workers(workers))?;
+        let history = Writer::start(store.history_sink()?, Batching::per_core())?;
         let passkeys = match &settings.console_origin {
             Some(origin) => {
                 Some(console::PasskeyConfig::new(origin).map_err(ApiError::BadRequest)?)

@@ -63,15 +63,12 @@ impl Writer {
     pub fn start(mut sink: Box<dyn HistorySink>, batching: Batching) -> Result<Writer> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let handling = Arc::new(AtomicUsize::new(0));
-        let saturation = Saturation {
-            handling: handling.clone(),
-            batching,
-        };
+        let handled = handling.clone();
         std::thread::Builder::new()
             .name("history-writer".into())
             .spawn(move || {
                 while let Ok(first) = queue.recv() {
-                    let batch = saturation.collect(&queue, first);
+                    let batch = batching.collect(&handled, &queue, first);
                     let rows: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
                     let committed = sink.write(&rows);
                     if let Err(e) = &committed {
@@ -117,31 +114,25 @@ pub struct Batching {
 }
 
 impl Batching {
-    pub fn for_workers(workers: usize) -> Batching {
+    /// A worker per core, as tokio's runtime has by default.
+    pub fn per_core() -> Batching {
         Batching {
-            workers,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             linger: LINGER,
         }
     }
-}
 
-struct Saturation {
-    handling: Arc<AtomicUsize>,
-    batching: Batching,
-}
-
-impl Saturation {
     /// The rows of the next commit: `first`, whatever is queued, and while more requests
-    /// are being handled than there are rows and workers, what comes within the linger.
-    fn collect(&self, queue: &mpsc::Receiver<Job>, first: Job) -> Vec<Job> {
+    /// are being `handling` than there are rows and workers, what comes within the linger.
+    fn collect(&self, handling: &AtomicUsize, queue: &mpsc::Receiver<Job>, first: Job) -> Vec<Job> {
         let mut batch = vec![first];
-        let deadline = Instant::now() + self.batching.linger;
+        let deadline = Instant::now() + self.linger;
         while batch.len() < MAX_BATCH {
             if let Ok(job) = queue.try_recv() {
                 batch.push(job);
                 continue;
             }
-            if self.handling.load(Ordering::Acquire) <= batch.len().max(self.batching.workers) {
+            if handling.load(Ordering::Acquire) <= batch.len().max(self.workers) {
                 break;
             }
             match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
