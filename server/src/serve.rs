@@ -118,17 +118,22 @@ pub fn run(config: Config, kek: &KekSource) -> Result<(), String> {
         };
         // On a worker, not on this thread: `block_on` runs its future here, and an accept
         // loop here would hand every connection to a worker thread it must wake first.
+        // HTTP/1 only: Tang's clients speak HTTP/1.1 and no ALPN offers h2, while serving
+        // both makes every connection's first read a separate 24-byte one, to look for
+        // HTTP/2's preface.
         let serving = tokio::spawn(async move {
             match tls {
                 Some(tls) => {
                     let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
                     axum_server::bind_rustls(listen, tls)
+                        .http1_only()
                         .handle(handle)
                         .serve(service)
                         .await
                 }
                 None => {
                     axum_server::bind(listen)
+                        .http1_only()
                         .handle(handle)
                         .serve(service)
                         .await
