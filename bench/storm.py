@@ -118,8 +118,7 @@ def pinned(cpus):
 def wrk(port, path, conns, seconds, body, storm=None, cpus=None):
     """One wrk cell; returns the figures the Lua script's done() prints."""
     env = dict(os.environ, STORM_BODY=body)
-    # Storm mode needs a thread per connection (see storm.lua).
-    threads = conns if storm else min(conns, 2)
+    threads = min(conns, 2)
     cmd = [*pinned(cpus), "wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s",
            "--latency", "-s", LUA, f"http://127.0.0.1:{port}{path}"]
     if storm:
