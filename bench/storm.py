@@ -322,6 +322,43 @@ def floor():
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
+def durable_write_floor(work, n=2000):
+    """CPU per durable write on the store's filesystem, the part of a recovery no batching
+    shares at 1 connection: a 4 KiB pwrite + fsync, and a one-row SQLite commit in WAL mode
+    with synchronous=FULL (the server's settings; Python's sqlite3, Python's loop included)."""
+    import resource
+    import sqlite3
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    path = os.path.join(work, "durable-probe")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    page = b"h" * 4096
+    os.pwrite(fd, page * 64, 0)
+    os.fsync(fd)
+    start = cpu()
+    for i in range(n):
+        os.pwrite(fd, page, (i % 64) * 4096)
+        os.fsync(fd)
+    fsync_us = (cpu() - start) * 1e6 / n
+    os.close(fd)
+    db = sqlite3.connect(os.path.join(work, "durable-probe.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER, org TEXT, "
+               "device TEXT, peer TEXT, kid TEXT, decision TEXT, reason TEXT)")
+    db.execute("CREATE INDEX history_device ON history(org, device, id)")
+    start = cpu()
+    for i in range(n):
+        db.execute("INSERT INTO history (at, org, device, peer, kid, decision, reason) "
+                   "VALUES (?, 'o', 'd', '127.0.0.1', 'k', 'allowed', 'active')", (i,))
+    commit_us = (cpu() - start) * 1e6 / n
+    db.close()
+    return dict(fsync_us=fsync_us, commit_us=commit_us)
+
+
 def storm(procs, args, work, floor_us):
     """N devices (creation timed), one recovery each; the 200s against the history rows."""
     store = os.path.join(work, "storm")
@@ -463,19 +500,20 @@ def main():
         else:
             notes.append("PostgreSQL rows not run: this nbde-server has no --database yet")
 
+        durable = durable_write_floor(work)
         result = None if args.skip_storm else storm(procs, args, work, floor_us)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
-    report = render(args, rows, mul, floor_us, result, notes)
+    report = render(args, rows, mul, floor_us, result, durable, notes)
     print(report)
     if args.out:
         with open(args.out, "w") as f:
             f.write(report_header() + report)
 
 
-def render(args, rows, mul, floor_us, s, notes):
+def render(args, rows, mul, floor_us, s, durable, notes):
     out = [f"wrk, new connection per request, {args.seconds} s per cell, P-521 exchange keys, "
            "loopback; CPU is the nbde-server processes' utime+stime over the cell per answer (not "
            "PostgreSQL's or haproxy's; not for tangd, whose per-connection processes are "
@@ -487,6 +525,13 @@ def render(args, rows, mul, floor_us, s, notes):
         out.append(f"| {m['curve']} | {m['rustcrypto_us']:.1f} | {m['awslc_us']:.1f} | "
                    f"{2e6 / m['awslc_us']:.0f} rec/s |")
     out.append("")
+    out += [f"Durable write on the store's filesystem, CPU of the writing process: a 4 KiB "
+            f"pwrite + fsync {durable['fsync_us']:.1f} µs; a one-row SQLite commit (WAL, "
+            f"synchronous=FULL) {durable['commit_us']:.1f} µs. A recovery alone (1 connection) "
+            f"pays a whole commit: its floor is one multiplication plus one commit, "
+            f"{floor_us + durable['commit_us']:.0f} µs "
+            f"({(floor_us + durable['commit_us']) / floor_us:.2f}× one multiplication) before "
+            f"any HTTP or TCP.", ""]
     if s is not None:
         out += storm_lines(s)
     tangd = {r["conns"]: r["rate"] for r in rows if r["name"] == "tangd, socat nodelay"}
