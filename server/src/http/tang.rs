@@ -330,7 +330,9 @@ pub async fn device_rec(
     let mut exchanged: Option<Result<Vec<u8>, ApiError>> = None;
     for _ in 0..3 {
         let id = device.id;
-        let snapshot = if state.store.snapshot_is_local() {
+        let snapshot = if let Some(cached) = state.store.cached_snapshot(id) {
+            Ok(Some(cached))
+        } else if state.store.snapshot_is_local() {
             state.store.snapshot(id).map_err(ApiError::from)
         } else {
             blocking(&state, move |s| Ok(s.store.snapshot(id)?)).await

@@ -14,6 +14,7 @@ pub mod history;
 pub mod migrate;
 pub mod postgres;
 pub mod sealing;
+pub mod snapshot_cache;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -347,6 +348,11 @@ pub trait Rec {
     /// costs more than the read.
     fn snapshot_is_local(&self) -> bool {
         false
+    }
+    /// The snapshot of `device_id` if this process holds one known to be current; never
+    /// waits. A miss is answered by `snapshot`.
+    fn cached_snapshot(&self, _device_id: i64) -> Option<Snapshot> {
+        None
     }
     /// Applies the effect and writes the history row together.
     fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied>;

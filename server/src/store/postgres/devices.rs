@@ -289,6 +289,11 @@ impl Devices for Postgres {
     }
 
     fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) -> Result<()> {
-        watch::start(self.connect.clone(), self.closed.clone(), on_change)
+        watch::start(
+            self.connect.clone(),
+            self.closed.clone(),
+            self.freshness.clone(),
+            on_change,
+        )
     }
 }

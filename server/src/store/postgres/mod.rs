@@ -32,7 +32,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Result, StoreError};
 
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_console.sql"),
     include_str!("../../../migrations/postgres/0003_webhooks.sql"),
@@ -40,6 +40,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../../../migrations/postgres/0005_liveness.sql"),
     include_str!("../../../migrations/postgres/0006_liveness_watch.sql"),
     include_str!("../../../migrations/postgres/0007_signing_key_statistics.sql"),
+    include_str!("../../../migrations/postgres/0008_policy_notify.sql"),
 ];
 
 /// Held (per transaction) while migrating, so replicas starting together migrate once.
@@ -164,6 +165,10 @@ pub struct Postgres {
     closed: Arc<AtomicBool>,
     /// The session holding `SERVING_LOCK` exclusively, once `exclude_servers` took it.
     excluding: std::sync::Mutex<Option<Client>>,
+    /// Counts the changes the change listener hears, and this process's own effects.
+    freshness: watch::Freshness,
+    /// Used only while the change listener listens: no one else tells of changes.
+    snapshots: std::sync::Mutex<crate::store::snapshot_cache::SnapshotCache>,
 }
 
 impl Drop for Postgres {
@@ -207,6 +212,8 @@ impl Postgres {
             connect,
             closed: Arc::new(AtomicBool::new(false)),
             excluding: std::sync::Mutex::new(None),
+            freshness: watch::Freshness::default(),
+            snapshots: std::sync::Mutex::default(),
         };
         store.with(migrate)?;
         // An erasure a previous run could not confirm is finished before anything else.

@@ -111,7 +111,7 @@ pub struct Sqlite {
     /// (the history writer's connection writes only history rows): a `/rec` snapshot read
     /// at one count is good for as long as the count stays.
     changes: AtomicU64,
-    snapshots: Mutex<rec::SnapshotCache>,
+    snapshots: Mutex<crate::store::snapshot_cache::SnapshotCache>,
 }
 
 impl Sqlite {
@@ -136,7 +136,7 @@ impl Sqlite {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
             changes: AtomicU64::new(0),
-            snapshots: Mutex::new(rec::SnapshotCache::default()),
+            snapshots: Mutex::new(crate::store::snapshot_cache::SnapshotCache::default()),
         })
     }
 

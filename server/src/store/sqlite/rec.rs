@@ -1,7 +1,6 @@
 //! The `/rec` path: the policy's snapshot of a device, the decision's effect with its
 //! history row, the history writer's own connection, and reading the history back.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -42,33 +41,6 @@ impl HistorySink for SqliteHistory {
             insert_history(&tx, at, e).map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)
-    }
-}
-
-/// The policy snapshots read at one count of the shared connection's uses: a storm of
-/// recoveries of the same devices reads the database once per device, not once per request.
-#[derive(Default)]
-pub(super) struct SnapshotCache {
-    changes: u64,
-    devices: HashMap<i64, Snapshot>,
-}
-
-impl SnapshotCache {
-    fn get(&self, changes: u64, device_id: i64) -> Option<Snapshot> {
-        (self.changes == changes)
-            .then(|| self.devices.get(&device_id).cloned())
-            .flatten()
-    }
-
-    /// Keeps `snapshot`, read at `changes`, unless a newer count has been seen meanwhile.
-    fn put(&mut self, changes: u64, device_id: i64, snapshot: Snapshot) {
-        if changes > self.changes {
-            self.devices.clear();
-            self.changes = changes;
-        }
-        if changes == self.changes {
-            self.devices.insert(device_id, snapshot);
-        }
     }
 }
 
@@ -224,38 +196,5 @@ impl Rec for Sqlite {
     fn healthy(&self) -> bool {
         self.with(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
             .is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot(state: DeviceState) -> Snapshot {
-        Snapshot {
-            state,
-            require_source: false,
-            sources: Vec::new(),
-            allow_once: None,
-            needs_approval: false,
-            latest_request: None,
-            now: 0,
-        }
-    }
-
-    #[test]
-    fn a_cached_snapshot_is_good_only_at_the_count_it_was_read_at() {
-        let mut cache = SnapshotCache::default();
-        cache.put(5, 1, snapshot(DeviceState::Active));
-        assert!(cache.get(5, 1).is_some());
-        assert!(cache.get(6, 1).is_none(), "a change since");
-        assert!(cache.get(5, 2).is_none(), "another device");
-        // Read before a change another request has already seen: not kept.
-        cache.put(4, 1, snapshot(DeviceState::Disabled));
-        assert_eq!(cache.get(5, 1).unwrap().state, DeviceState::Active);
-        // A newer count drops everything read before it.
-        cache.put(6, 2, snapshot(DeviceState::Active));
-        assert!(cache.get(6, 1).is_none());
-        assert!(cache.get(6, 2).is_some());
     }
 }
