@@ -200,6 +200,55 @@ fn retired_keys_and_blobs_leave_no_copy_in_the_cluster() {
     assert_eq!(store.devices().unwrap().len(), 3, "the store reconnects");
 }
 
+/// Reads `device`'s snapshot until `store` keeps it (its change listener is listening).
+fn cache_snapshot(store: &Store, device: i64) {
+    let started = Instant::now();
+    while {
+        store.snapshot(device).unwrap();
+        store.cached_snapshot(device).is_none()
+    } {
+        assert!(started.elapsed() < Duration::from_secs(5), "never cached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_cached_snapshot_is_dropped_at_once_by_its_own_change_and_within_a_second_by_another() {
+    let cluster = Postgres::start();
+    let url = cluster.create_database();
+    let (a, b) = (open(&url), open(&url));
+    let device = seeded(&a);
+    // Nothing is cached without a listener: no one would say it went stale.
+    a.snapshot(device).unwrap();
+    assert!(a.cached_snapshot(device).is_none(), "cached while deaf");
+    a.watch(Box::new(|| {})).unwrap();
+    cache_snapshot(&a, device);
+
+    // This process's own change, at once: not when its notification comes back.
+    a.set_device_state("acme", "web1", DeviceState::Disabled)
+        .unwrap();
+    assert!(a.cached_snapshot(device).is_none(), "own change");
+    assert_eq!(
+        a.snapshot(device).unwrap().unwrap().state,
+        DeviceState::Disabled
+    );
+
+    // Another replica's change to a table only the policy reads, once heard (after the
+    // notification of the change above has come back).
+    std::thread::sleep(Duration::from_millis(200));
+    cache_snapshot(&a, device);
+    b.allow_once("acme", "web1", "owner").unwrap();
+    let changed = Instant::now();
+    while a.cached_snapshot(device).is_some() {
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "another replica's allow-once not heard within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(a.snapshot(device).unwrap().unwrap().allow_once.is_some());
+}
+
 #[test]
 fn signing_keys_sampled_into_the_statistics_by_an_older_schema_are_dropped() {
     let cluster = Postgres::start();

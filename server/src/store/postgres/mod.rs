@@ -228,13 +228,25 @@ impl Postgres {
     }
 
     /// Runs `f` on a pooled connection; the inner result is the database's own, for the
-    /// callers that tell a conflict from a failure.
+    /// callers that tell a conflict from a failure. Counted as a change, whatever came of
+    /// it: this process sees its own changes in `/rec` at once, as with SQLite, without
+    /// waiting for its notification to come back. (`reading` is not counted.)
     fn try_with<T>(
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<std::result::Result<T, postgres::Error>> {
         let mut client = self.client()?;
-        Ok(f(&mut client))
+        let result = f(&mut client);
+        self.freshness.changed();
+        Ok(result)
+    }
+
+    /// `with` for a read that changes nothing: the `/rec` snapshot.
+    fn reading<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        f(&mut *self.client()?).map_err(unavailable)
     }
 
     fn with<T>(

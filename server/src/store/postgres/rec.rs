@@ -109,7 +109,61 @@ impl HistorySink for PostgresHistory {
 }
 
 impl Postgres {
-    fn apply_effect_once(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied> {
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {
+        // The cache holds plain values: one a panicking thread left is still whole.
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Rec for Postgres {
+    fn cached_snapshot(&self, device_id: i64) -> Option<Snapshot> {
+        let changes = self.freshness.current()?;
+        let mut snapshot = self.snapshots().get(changes, device_id)?;
+        snapshot.now = now();
+        Some(snapshot)
+    }
+
+    fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>> {
+        // Taken before the read: a change heard after it makes the next request read again.
+        let changes = self.freshness.current();
+        // One statement is one snapshot of the database (READ COMMITTED takes it per
+        // statement), and `query_typed` sends it unprepared in a single round trip: the
+        // separate queries of a transaction cost a dozen round trips per recovery.
+        let row = self.reading(|c| {
+            c.query_typed_opt(&SNAPSHOT, &[(&device_id, postgres::types::Type::INT8)])
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let latest_request = row
+            .get::<_, Option<i64>>(5)
+            .map(|id| {
+                Ok(RequestView {
+                    id,
+                    state: parse_column(row.get(6), RequestState::parse)?,
+                    expires_at: row.get(7),
+                    decided_by: row.get(8),
+                })
+            })
+            .transpose()?;
+        let snapshot = Snapshot {
+            state: parse_column(row.get(0), DeviceState::parse)?,
+            require_source: row.get(1),
+            sources: parse_cidrs(row.get(2)),
+            allow_once: row.get(3),
+            needs_approval: row.get(4),
+            latest_request,
+            now: now(),
+        };
+        if let Some(changes) = changes {
+            self.snapshots().put(changes, device_id, snapshot.clone());
+        }
+        Ok(Some(snapshot))
+    }
+
+    fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied> {
+        // `with` counts this as a change whatever comes of it: the next decision reads
+        // again, also when another replica won the race for the allow-once or approval.
         self.with(|c| {
             let mut tx = c.transaction()?;
             let t = now();
@@ -150,66 +204,6 @@ impl Postgres {
             tx.commit()?;
             Ok(created.map_or(Applied::Done, Applied::NewRequest))
         })
-    }
-
-    fn snapshots(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {
-        // The cache holds plain values: one a panicking thread left is still whole.
-        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Rec for Postgres {
-    fn cached_snapshot(&self, device_id: i64) -> Option<Snapshot> {
-        let changes = self.freshness.current()?;
-        let mut snapshot = self.snapshots().get(changes, device_id)?;
-        snapshot.now = now();
-        Some(snapshot)
-    }
-
-    fn snapshot(&self, device_id: i64) -> Result<Option<Snapshot>> {
-        // Taken before the read: a change heard after it makes the next request read again.
-        let changes = self.freshness.current();
-        // One statement is one snapshot of the database (READ COMMITTED takes it per
-        // statement), and `query_typed` sends it unprepared in a single round trip: the
-        // separate queries of a transaction cost a dozen round trips per recovery.
-        let row = self
-            .with(|c| c.query_typed_opt(&SNAPSHOT, &[(&device_id, postgres::types::Type::INT8)]))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let latest_request = row
-            .get::<_, Option<i64>>(5)
-            .map(|id| {
-                Ok(RequestView {
-                    id,
-                    state: parse_column(row.get(6), RequestState::parse)?,
-                    expires_at: row.get(7),
-                    decided_by: row.get(8),
-                })
-            })
-            .transpose()?;
-        let snapshot = Snapshot {
-            state: parse_column(row.get(0), DeviceState::parse)?,
-            require_source: row.get(1),
-            sources: parse_cidrs(row.get(2)),
-            allow_once: row.get(3),
-            needs_approval: row.get(4),
-            latest_request,
-            now: now(),
-        };
-        if let Some(changes) = changes {
-            self.snapshots().put(changes, device_id, snapshot.clone());
-        }
-        Ok(Some(snapshot))
-    }
-
-    fn apply_effect(&self, device_id: i64, effect: &Effect, entry: &Entry) -> Result<Applied> {
-        // Whatever came of it, this device's snapshot may have changed (or another replica
-        // won the race for it): the next decision reads again, without waiting for the
-        // notification to come back.
-        let applied = self.apply_effect_once(device_id, effect, entry);
-        self.freshness.changed();
-        applied
     }
 
     fn history(
