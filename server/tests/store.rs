@@ -5,6 +5,7 @@ use nbde_proto::Curve;
 use nbde_server::api::Role;
 use nbde_server::keys;
 use nbde_server::policy::{DeviceState, Effect, RequestState, Verdict};
+use nbde_server::store::history::Entry;
 
 mod store_contract;
 
@@ -320,9 +321,35 @@ fn the_history_sink_commits_batches() {
         seeded(&store);
         let mut sink = store.history_sink().unwrap();
         let (a, b) = (entry("allowed"), entry("denied"));
-        sink.write(&[&a, &b]).unwrap();
+        // A row of the tang-dir route: no org, no device; and one with a kid.
+        let tang_dir = Entry {
+            org: None,
+            device: None,
+            kid: Some("kid-1".into()),
+            peer: "2001:db8::1".into(),
+            reason: "tang-dir, 'quoted', {braced}".into(),
+            ..entry("allowed")
+        };
+        sink.write(&[&a, &b, &tang_dir]).unwrap();
+        let mut rows: Vec<_> = store
+            .history(None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.org, r.device, r.peer, r.kid, r.decision, r.reason))
+            .collect();
+        rows.sort();
+        let mut written: Vec<_> = [&a, &b, &tang_dir]
+            .iter()
+            .map(|e| {
+                let e = (*e).clone();
+                (e.org, e.device, e.peer, e.kid, e.decision.to_owned(), e.reason)
+            })
+            .collect();
+        written.sort();
+        assert_eq!(rows, written, "{name}: every column as written");
+        sink.write(&[&b]).unwrap();
         let rows = store.history(None, None, 10).unwrap();
-        assert_eq!(rows.len(), 2, "{name}");
+        assert_eq!(rows.len(), 4, "{name}");
         assert_eq!(store.history(Some("other"), None, 10).unwrap().len(), 0);
         assert_eq!(store.history(None, None, 1).unwrap().len(), 1, "{name}");
         assert!(store.healthy(), "{name}");
