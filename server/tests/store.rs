@@ -342,7 +342,14 @@ fn the_history_sink_commits_batches() {
             .iter()
             .map(|e| {
                 let e = (*e).clone();
-                (e.org, e.device, e.peer, e.kid, e.decision.to_owned(), e.reason)
+                (
+                    e.org,
+                    e.device,
+                    e.peer,
+                    e.kid,
+                    e.decision.to_owned(),
+                    e.reason,
+                )
             })
             .collect();
         written.sort();

@@ -165,7 +165,8 @@ pub struct Postgres {
     closed: Arc<AtomicBool>,
     /// The session holding `SERVING_LOCK` exclusively, once `exclude_servers` took it.
     excluding: std::sync::Mutex<Option<Client>>,
-    /// Counts the changes the change listener hears, and this process's own effects.
+    /// Counts the changes the change listener hears, and every pooled call of this
+    /// process but the snapshot's own read.
     freshness: watch::Freshness,
     /// Used only while the change listener listens: no one else tells of changes.
     snapshots: std::sync::Mutex<crate::store::snapshot_cache::SnapshotCache>,
