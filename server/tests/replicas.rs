@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use replica::{Haproxy, Recovery, get};
+use replica::{Haproxy, Recovery, SilencingRelay, get};
 use serde_json::Value;
 use testkit::{NbdeServer, Postgres};
 
@@ -101,6 +101,48 @@ fn a_policy_change_through_one_replica_is_in_force_on_the_other_that_cached_the_
     a.admin_ok(&["allow", "rm", "acme/web", "10.9.9.0/24"]);
     answers_within_a_second(&recovery, &b.addr(), 200, "allowlist emptied through A");
     eprintln!("allowlist in force on B after {listed:?}, shared list after {attached:?}");
+}
+
+/// B's change listener reaches PostgreSQL through a relay that then goes silent (a hung
+/// proxy, a NAT entry dropped: no RST, so TCP tells neither end). B still has a working
+/// pool; its cached policy must not outlive the silence by more than a second, and it must
+/// listen again by itself.
+#[test]
+fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_again() {
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let a = NbdeServer::start_on_database(&url, &[]);
+    let relay = SilencingRelay::start(pg.port());
+    let b = NbdeServer::attach(&relay.url(&url, pg.port()), a.token.clone(), &a.kek, &[]);
+    a.add_device("acme", "web", Some("P-256"));
+    let recovery = Recovery::new(&a.addr(), "web");
+    answers_within_a_second(&recovery, &b.addr(), 200, "B never served the new device");
+    assert_eq!(recovery.attempt(&b.addr()).unwrap(), 200);
+
+    assert_eq!(relay.silence_listeners(), 1, "B's one listener");
+    a.admin_ok(&["allow", "add", "acme/web", "10.9.9.0/24"]);
+    let refused = answers_within_a_second(
+        &recovery,
+        &b.addr(),
+        403,
+        "allowlist through A while B's listener is silent",
+    );
+
+    // A device added later is served by B once it listens on a new connection.
+    a.add_device("acme", "db", Some("P-256"));
+    let added = Instant::now();
+    while !get(&b.addr(), "/o/acme/d/db/adv").is_ok_and(|(s, _)| s == 200) {
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "B did not listen again within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "allowlist in force on B after {refused:?} with its listener silent; B listened again \
+         and served a new device after {:?}",
+        added.elapsed()
+    );
 }
 
 #[test]

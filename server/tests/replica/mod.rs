@@ -1,16 +1,19 @@
 //! What the replica tests run beside `testkit::NbdeServer` replicas: Debian's haproxy
-//! in front of them, and a recovery client that checks every answer against the device's
-//! advertised key. Every process is ended by its PID.
+//! in front of them, a relay to PostgreSQL that can go silent, and a recovery client that
+//! checks every answer against the device's advertised key. Every process is ended by its
+//! PID.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nbde_proto::adv::KeySet;
 use nbde_proto::{EcPoint, Jwk, Jws, ThumbprintHash};
 use serde_json::Value;
-use testkit::tempdir;
+use testkit::{Listener, tempdir};
 
 fn kill(child: &mut Child, signal: &str) {
     let _ = Command::new("kill")
@@ -195,4 +198,90 @@ impl Recovery {
         }
         Ok((reply.status, reply.retry_after))
     }
+}
+
+/// A TCP relay to PostgreSQL that can go silent on the connections that sent `LISTEN`, as
+/// a hung proxy or a NAT entry dropped without a word does: no bytes pass either way and
+/// no socket closes, so TCP never tells either end.
+pub struct SilencingRelay {
+    pub port: u16,
+    listeners: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    _relay: Listener,
+}
+
+impl SilencingRelay {
+    /// A relay to PostgreSQL on 127.0.0.1:`to`.
+    pub fn start(to: u16) -> SilencingRelay {
+        let listeners: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let seen = listeners.clone();
+        let relay = Listener::start(move |client| {
+            let server = TcpStream::connect(("127.0.0.1", to)).unwrap();
+            let silent = Arc::new(AtomicBool::new(false));
+            let (back_from, back_to, back_silent) = (
+                server.try_clone().unwrap(),
+                client.try_clone().unwrap(),
+                silent.clone(),
+            );
+            std::thread::spawn(move || relay(back_from, back_to, &back_silent));
+            let mut registered = false;
+            let mut onward = |bytes: &[u8]| {
+                if !registered && bytes.windows(7).any(|w| w == b"LISTEN ") {
+                    registered = true;
+                    seen.lock().unwrap().push(silent.clone());
+                }
+            };
+            relay_watching(client, server, &silent, &mut onward);
+        });
+        SilencingRelay {
+            port: relay.port,
+            listeners,
+            _relay: relay,
+        }
+    }
+
+    /// `url` (a `postgres://` URL of the cluster) through this relay.
+    pub fn url(&self, url: &str, cluster_port: u16) -> String {
+        url.replace(
+            &format!("@127.0.0.1:{cluster_port}/"),
+            &format!("@127.0.0.1:{}/", self.port),
+        )
+    }
+
+    /// Silences every connection that has sent `LISTEN` so far; how many.
+    pub fn silence_listeners(&self) -> usize {
+        let listeners = self.listeners.lock().unwrap();
+        for silent in listeners.iter() {
+            silent.store(true, Ordering::SeqCst);
+        }
+        listeners.len()
+    }
+}
+
+fn relay(from: TcpStream, to: TcpStream, silent: &AtomicBool) {
+    relay_watching(from, to, silent, &mut |_| {});
+}
+
+/// Copies `from` to `to`, showing each chunk to `watch` first; once `silent`, holds both
+/// sockets open and passes nothing, until the test process ends.
+fn relay_watching(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    silent: &AtomicBool,
+    watch: &mut dyn FnMut(&[u8]),
+) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        watch(&buf[..n]);
+        while silent.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }

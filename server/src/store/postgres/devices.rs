@@ -291,6 +291,7 @@ impl Devices for Postgres {
     fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) -> Result<()> {
         watch::start(
             self.connect.clone(),
+            self.pool.clone(),
             self.closed.clone(),
             self.freshness.clone(),
             on_change,

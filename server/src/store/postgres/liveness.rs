@@ -51,7 +51,8 @@ impl Liveness for Postgres {
     }
 
     fn shortest_max_silence(&self) -> Result<Option<i64>> {
-        let row = self.with(|c| {
+        // Looked up every second: as a change, it would drop every cached snapshot as often.
+        let row = self.reading(|c| {
             c.query_one(
                 "SELECT min(s) FROM (SELECT max_silence AS s FROM orgs
                                      UNION ALL SELECT max_silence FROM devices) m",

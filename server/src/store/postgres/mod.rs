@@ -242,7 +242,8 @@ impl Postgres {
         Ok(result)
     }
 
-    /// `with` for a read that changes nothing: the `/rec` snapshot.
+    /// `with` for a read that changes nothing (the `/rec` snapshot, the liveness checker's
+    /// pace): not counted as a change.
     fn reading<T>(
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,

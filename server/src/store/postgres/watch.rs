@@ -8,24 +8,36 @@
 //!
 //! The tables the `/rec` policy snapshot reads notify on the same channel; for them only
 //! `Freshness` counts a change (the key ring stays). Snapshots are cached only while the
-//! listener listens, since no one else would say they went stale.
+//! listener vouches for them: another thread sends a heartbeat through the pool on a
+//! channel only this process listens to, and PostgreSQL delivers notifications in the
+//! order their transactions committed, so hearing a heartbeat sent at `t` means every
+//! change committed before `t` was heard too. A cached snapshot is served only until
+//! `TRUSTED_FOR` after the send time of the latest heartbeat heard: a listener whose
+//! connection died without a word (no RST, a hung proxy) stops the cache within that,
+//! where waiting for TCP to notice would take seconds or forever. With no heartbeat for
+//! `GIVE_UP_AFTER`, the listener drops its connection and makes a new one.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::describe;
+use super::{Pool, describe};
 use crate::store::{Result, StoreError};
 
-/// How often a quiet listener wakes to see whether its store was closed, and pings the
-/// database so a connection that died silently is noticed.
+/// How often a quiet listener wakes to see whether its store was closed.
 const WAKE: Duration = Duration::from_secs(1);
-const PING_EVERY: u32 = 15;
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
+/// How often the heartbeat is sent.
+const BEAT_EVERY: Duration = Duration::from_millis(100);
+/// How long after its send time a heartbeat heard vouches for cached snapshots: with the
+/// notifications' own delay, a change is in force on every replica within a second.
+const TRUSTED_FOR: Duration = Duration::from_millis(600);
+/// No heartbeat heard for this long: the listener's connection is given up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3);
 
 /// Tables whose changes make only the policy snapshots stale (migration 0008).
 const POLICY_TABLES: [&str; 8] = [
@@ -39,21 +51,30 @@ const POLICY_TABLES: [&str; 8] = [
     "unlock_requests",
 ];
 
-/// A count of the changes that may make a cached policy snapshot stale, and whether the
-/// listener is there to hear them.
+/// Microseconds on this process's monotonic clock.
+fn clock_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// A count of the changes that may make a cached policy snapshot stale, and until when
+/// the listener vouches that it would have heard them.
 #[derive(Clone, Default)]
 pub(super) struct Freshness {
     changes: Arc<AtomicU64>,
-    listening: Arc<AtomicBool>,
+    /// `clock_us` of the latest heartbeat heard's send time plus `TRUSTED_FOR`; 0 while the
+    /// listener is not listening.
+    vouched_until: Arc<AtomicU64>,
 }
 
 impl Freshness {
     /// The count a snapshot read from now on is good at, if snapshots may be cached at all.
     pub(super) fn current(&self) -> Option<u64> {
-        // Listening is loaded first: a listener that stops bumps the count after saying so.
-        let listening = self.listening.load(Ordering::Acquire);
+        // Vouched-for time is loaded first: a listener that stops bumps the count after
+        // withdrawing it.
+        let vouched_until = self.vouched_until.load(Ordering::Acquire);
         let changes = self.changes.load(Ordering::Acquire);
-        listening.then_some(changes)
+        (clock_us() < vouched_until).then_some(changes)
     }
 
     /// Every snapshot read so far is stale.
@@ -61,18 +82,37 @@ impl Freshness {
         self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn set_listening(&self, listening: bool) {
-        self.listening.store(listening, Ordering::Release);
+    /// A heartbeat sent at `sent` was heard: every change committed before it was too.
+    fn vouch(&self, sent: u64) {
+        let until = sent.saturating_add(TRUSTED_FOR.as_micros() as u64);
+        self.vouched_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// The listener stopped listening: nothing it heard vouches any more.
+    fn deaf(&self) {
+        self.vouched_until.store(0, Ordering::Release);
         self.changed();
     }
 }
 
 pub(super) fn start(
     connect: super::tls::Connect,
+    pool: Pool,
     closed: Arc<AtomicBool>,
     freshness: Freshness,
     on_change: Box<dyn Fn() + Send + Sync>,
 ) -> Result<()> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| StoreError::Unavailable(format!("change listener: {e}")))?;
+    // Only this process listens here: other replicas are not woken by its heartbeats.
+    let heartbeat = format!("nbde_heartbeat_{:016x}", u64::from_le_bytes(nonce));
+    let beat_channel = heartbeat.clone();
+    let beat_closed = closed.clone();
+    std::thread::Builder::new()
+        .name("store-heartbeat".into())
+        .spawn(move || beat(&pool, &beat_channel, &beat_closed))
+        .map_err(|e| StoreError::Unavailable(format!("change listener heartbeat: {e}")))?;
     std::thread::Builder::new()
         .name("store-watch".into())
         .spawn(move || {
@@ -81,10 +121,11 @@ pub(super) fn start(
                 match connect.connect() {
                     Ok(mut client) => {
                         pause = FIRST_PAUSE;
-                        let listened = listen(&mut client, &closed, &freshness, &*on_change);
-                        freshness.set_listening(false);
-                        if let Err(e) = listened {
-                            tracing::warn!(error = %describe(&e), "change listener lost its connection");
+                        let listened =
+                            listen(&mut client, &heartbeat, &closed, &freshness, &*on_change);
+                        freshness.deaf();
+                        if let Err(error) = listened {
+                            tracing::warn!(%error, "change listener lost its connection");
                         }
                     }
                     Err(e) => {
@@ -108,68 +149,94 @@ fn sleep_unless_closed(pause: Duration, closed: &AtomicBool) {
     }
 }
 
-/// Listens until the connection fails or the store is closed.
+/// Sends a heartbeat on `channel` every `BEAT_EVERY` until the store is closed; its payload
+/// is its send time. A failed one is simply missing: the listener notices.
+fn beat(pool: &Pool, channel: &str, closed: &AtomicBool) {
+    while !closed.load(Ordering::Relaxed) {
+        let sent = clock_us().to_string();
+        if let Ok(mut client) = pool.get() {
+            let _ = client.execute("SELECT pg_notify($1, $2)", &[&channel, &sent]);
+        }
+        sleep_unless_closed(BEAT_EVERY, closed);
+    }
+}
+
+/// Listens until the connection fails, no heartbeat comes, or the store is closed.
 fn listen(
     client: &mut Client,
+    heartbeat: &str,
     closed: &AtomicBool,
     freshness: &Freshness,
     on_change: &(dyn Fn() + Send + Sync),
-) -> std::result::Result<(), postgres::Error> {
+) -> std::result::Result<(), String> {
+    let failed = |e: postgres::Error| describe(&e);
     // A rekey holds the lock exclusively: this server is seen serving from here on (and
     // waits while a rekey runs).
-    client.execute(
-        "SELECT pg_advisory_lock_shared($1)",
-        &[&super::SERVING_LOCK],
-    )?;
-    client.batch_execute("LISTEN nbde_changes")?;
+    client
+        .execute(
+            "SELECT pg_advisory_lock_shared($1)",
+            &[&super::SERVING_LOCK],
+        )
+        .map_err(failed)?;
+    client
+        .batch_execute(&format!("LISTEN nbde_changes; LISTEN {heartbeat}"))
+        .map_err(failed)?;
+    // A heartbeat sent before this session listened vouches for nothing it missed.
+    let listening_since = clock_us();
     // What changed while nobody listened is unknown: reload once now.
-    freshness.set_listening(true);
+    freshness.changed();
     on_change();
-    let mut quiet = 0;
+    let mut last_beat = Instant::now();
     while !closed.load(Ordering::Relaxed) {
         let heard = {
             let mut notifications = client.notifications();
             let mut heard = Heard::default();
-            let first = notifications.timeout_iter(WAKE).next()?;
+            let first = notifications.timeout_iter(WAKE).next().map_err(failed)?;
             if let Some(first) = first {
-                heard.add(first.payload());
+                heard.add(heartbeat, &first);
                 // Drain what else arrived, so a burst is one reload.
-                while let Some(next) = notifications.iter().next()? {
-                    heard.add(next.payload());
+                while let Some(next) = notifications.iter().next().map_err(failed)? {
+                    heard.add(heartbeat, &next);
                 }
             }
             heard
         };
+        // Counted before vouching: they came before the heartbeat.
         if heard.policy || heard.key_ring {
-            quiet = 0;
             freshness.changed();
-            if heard.key_ring {
-                on_change();
-            }
-        } else {
-            quiet += 1;
-            if quiet >= PING_EVERY {
-                quiet = 0;
-                client.simple_query("")?;
-            }
+        }
+        if let Some(sent) = heard.beat_sent.filter(|&sent| sent >= listening_since) {
+            freshness.vouch(sent);
+            last_beat = Instant::now();
+        }
+        if heard.key_ring {
+            on_change();
+        }
+        if last_beat.elapsed() > GIVE_UP_AFTER {
+            return Err(format!("no heartbeat heard for {GIVE_UP_AFTER:?}"));
         }
         if client.is_closed() {
-            return client.simple_query("").map(|_| ());
+            return client.simple_query("").map(|_| ()).map_err(failed);
         }
     }
     Ok(())
 }
 
-/// What a burst of notifications changed.
+/// What a burst of notifications changed, and the latest own heartbeat's send time.
 #[derive(Default)]
 struct Heard {
     policy: bool,
     key_ring: bool,
+    beat_sent: Option<u64>,
 }
 
 impl Heard {
-    fn add(&mut self, table: &str) {
-        if POLICY_TABLES.contains(&table) {
+    fn add(&mut self, heartbeat: &str, notification: &postgres::Notification) {
+        let table = notification.payload();
+        if notification.channel() == heartbeat {
+            let sent = table.parse().ok();
+            self.beat_sent = self.beat_sent.max(sent);
+        } else if POLICY_TABLES.contains(&table) {
             self.policy = true;
         } else {
             self.key_ring = true;
