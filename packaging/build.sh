@@ -15,8 +15,12 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version 3.8.0 >&2
 fi
 # The builds first, then packaging only (cargo-deb would build each package on its own).
+# The server on its own, as the demo, the boots and the bench build it: built together
+# with the others, cargo unifies their dependencies' features and builds every shared
+# dependency again, so the server that ships would not be the binary those ran.
 cargo build --profile release-small --locked -p nbde-unlock --bin nbde-unlock >&2
-cargo build --release --locked -p nbde-token-clevis -p nbde-tpm2 -p nbde-server >&2
+cargo build --release --locked -p nbde-server >&2
+cargo build --release --locked -p nbde-token-clevis -p nbde-tpm2 >&2
 out="${CARGO_TARGET_DIR:-$PWD/target}/debian"
 mkdir -p "$out"
 rm -f "$out"/*.deb

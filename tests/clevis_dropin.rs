@@ -3,6 +3,8 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use testkit::*;
@@ -402,7 +404,8 @@ fn regen_falls_back_to_the_passphrase() {
 
 /// Kills `luks regen` at each write-type system call. After every kill the passphrase
 /// opens keyslot 0, a binding that stock clevis reads still opens its keyslot, and a regen
-/// (of that binding's keyslot) then succeeds. Every kill point is tried before failing.
+/// (of that binding's keyslot) then succeeds. Every kill point is tried before failing; the
+/// write calls are shared among lanes, each on its own copy of the image.
 #[test]
 fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
     let (_keys, tangd) = tang("P-256");
@@ -414,17 +417,22 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
         "tang",
         &json!({ "url": tangd.url() }).to_string(),
     );
-    let image = dir.path().join("work.img");
-    let mut orphan_keyslots = 0;
-    let mut failures = Vec::new();
-    let killed_runs = kill_at_every_write(
+    let image = |lane: usize| dir.path().join(format!("work-{lane}.img"));
+    let orphan_keyslots = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let killed_runs = kill_at_every_write_in_lanes(
         &nbde_unlock(),
-        &["luks", "regen", "-q", "-d", s(&image), "-s", "1"],
-        b"",
-        || {
-            std::fs::copy(&pristine, &image).unwrap();
+        |lane| {
+            ["luks", "regen", "-q", "-d", s(&image(lane)), "-s", "1"]
+                .map(String::from)
+                .to_vec()
         },
-        |at, _killed| {
+        b"",
+        |lane| {
+            std::fs::copy(&pristine, image(lane)).unwrap();
+        },
+        |lane, at, _killed| {
+            let image = image(lane);
             assert!(
                 key_opens(&image, Some(0), PASSPHRASE.as_bytes()),
                 "passphrase, after a kill at {at}"
@@ -444,7 +452,7 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
                 .iter()
                 .any(|k| *k != 0 && !named.contains(&k.to_string().as_str()))
             {
-                orphan_keyslots += 1;
+                orphan_keyslots.fetch_add(1, Ordering::Relaxed);
             }
             let slot = match working.first() {
                 _ if working.contains(&1) => 1,
@@ -452,7 +460,7 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
                 None => {
                     let list = ok(stock_clevis(&["luks", "list", "-d", s(&image)]));
                     let ours = ok(ours_with(&["luks", "list", "-d", s(&image)], b""));
-                    failures.push(format!(
+                    failures.lock().unwrap().push(format!(
                         "{at}: no binding stock clevis reads opens its keyslot \
                          (keyslots {:?}; stock list {list:?}; ours {ours:?})",
                         keyslots(&image)
@@ -477,7 +485,7 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
                 b"",
             );
             if !out.status.success() || !key_opens(&image, Some(slot), &key.stdout) {
-                failures.push(format!(
+                failures.lock().unwrap().push(format!(
                     "{at}: regen of keyslot {slot} then: {}",
                     String::from_utf8_lossy(&out.stderr)
                 ));
@@ -485,8 +493,10 @@ fn a_kill_at_any_write_of_a_regen_keeps_a_working_binding() {
         },
     );
     eprintln!(
-        "regen: {killed_runs} killed runs; {orphan_keyslots} left a keyslot that no clevis token names"
+        "regen: {killed_runs} killed runs; {} left a keyslot that no clevis token names",
+        orphan_keyslots.into_inner()
     );
+    let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(killed_runs > 5, "the regen did writes to kill");
 }

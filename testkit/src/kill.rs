@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::run;
 
@@ -82,26 +83,81 @@ pub fn kill_at_every_write(
     mut reset: impl FnMut(),
     mut check: impl FnMut(&str, bool),
 ) -> usize {
+    WRITE_CALLS
+        .iter()
+        .map(|call| kill_at_each(call, program, args, stdin, &mut reset, &mut check))
+        .sum()
+}
+
+/// `kill_at_every_write` on one thread per core, each lane on its own working copy:
+/// `args(lane)`, `reset(lane)` and `check(lane, label, killed)` name it. The write calls
+/// are dealt out to the lanes as they come free.
+pub fn kill_at_every_write_in_lanes(
+    program: &str,
+    args: impl Fn(usize) -> Vec<String> + Sync,
+    stdin: &[u8],
+    reset: impl Fn(usize) + Sync,
+    check: impl Fn(usize, &str, bool) + Sync,
+) -> usize {
+    let lanes = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let running: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let (args, reset, check, next) = (&args, &reset, &check, &next);
+                scope.spawn(move || {
+                    let args = args(lane);
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let mut killed_runs = 0;
+                    while let Some(call) = WRITE_CALLS.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        killed_runs += kill_at_each(
+                            call,
+                            program,
+                            &args,
+                            stdin,
+                            &mut || reset(lane),
+                            &mut |at, killed| check(lane, at, killed),
+                        );
+                    }
+                    killed_runs
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|lane| lane.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .sum()
+    })
+}
+
+/// Kills `program args` at the 1st, 2nd, … invocation of `call` until a run gets past its
+/// last one; the number of killed runs.
+fn kill_at_each(
+    call: &str,
+    program: &str,
+    args: &[&str],
+    stdin: &[u8],
+    reset: &mut dyn FnMut(),
+    check: &mut dyn FnMut(&str, bool),
+) -> usize {
     let mut killed_runs = 0;
-    for call in WRITE_CALLS {
-        for n in 1.. {
-            reset();
-            let (out, killed) = run_killed_at(call, n, program, args, stdin);
-            let label = format!("{call} #{n}");
-            if !killed {
-                assert!(
-                    out.status.success(),
-                    "{label} was not reached, yet the run failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            check(&label, killed);
-            if !killed {
-                break;
-            }
-            killed_runs += 1;
-            assert!(n < 1000, "{call}: never completed");
+    for n in 1.. {
+        reset();
+        let (out, killed) = run_killed_at(call, n, program, args, stdin);
+        let label = format!("{call} #{n}");
+        if !killed {
+            assert!(
+                out.status.success(),
+                "{label} was not reached, yet the run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+        check(&label, killed);
+        if !killed {
+            break;
+        }
+        killed_runs += 1;
+        assert!(n < 1000, "{call}: never completed");
     }
     killed_runs
 }

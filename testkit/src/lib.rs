@@ -13,7 +13,7 @@ mod nbde_server;
 mod postgres;
 pub mod sealed_keys;
 mod swtpm;
-pub use kill::{WRITE_CALLS, kill_at_every_write, run_killed_at};
+pub use kill::{WRITE_CALLS, kill_at_every_write, kill_at_every_write_in_lanes, run_killed_at};
 pub use listener::{Listener, start_fixed_server, start_tangd, start_tangd_at};
 pub use nbde_server::NbdeServer;
 pub use postgres::Postgres;
