@@ -373,23 +373,26 @@ fn the_marker_stops_every_unlock_path_before_the_network() {
     assert!(connections.load(Ordering::SeqCst) > 0, "the counter counts");
 }
 
-/// Kills a transition at each write-type system call; after every kill `check` holds.
-fn kill_transition(
-    pristine: &Path,
-    image: &Path,
-    args: &[&str],
-    mut check: impl FnMut(&str),
-) -> usize {
-    let mut full = vec!["mode", "-d", s(image)];
-    full.extend_from_slice(args);
-    kill_at_every_write(
+/// Kills a transition at each write-type system call, on a lane per core, each on its own
+/// copy of `pristine` beside it; after every kill `check(copy, label)` holds.
+fn kill_transition(pristine: &Path, args: &[&str], check: impl Fn(&Path, &str) + Sync) -> usize {
+    let image = |lane: usize| pristine.with_file_name(format!("work-{lane}.img"));
+    kill_at_every_write_in_lanes(
         &nbde_unlock(),
-        &full,
-        b"",
-        || {
-            std::fs::copy(pristine, image).unwrap();
+        |lane| {
+            let mut full = vec![
+                "mode".to_owned(),
+                "-d".to_owned(),
+                s(&image(lane)).to_owned(),
+            ];
+            full.extend(args.iter().map(|a| a.to_string()));
+            full
         },
-        |at, _killed| check(at),
+        b"",
+        |lane| {
+            std::fs::copy(pristine, image(lane)).unwrap();
+        },
+        |lane, at, _killed| check(&image(lane), at),
     )
 }
 
@@ -413,18 +416,16 @@ fn a_kill_at_any_write_of_sovereign_keeps_the_user_key_and_the_binding_until_the
     let (_keys, tangd) = tang("P-256");
     let dir = tempdir();
     let pristine = managed_user_image(dir.path(), "pristine.img", &tangd.url());
-    let image = dir.path().join("work.img");
     let pass = s(&passphrase_file(&pristine)).to_owned();
-    let killed = kill_transition(&pristine, &image, &["sovereign", "-k", &pass], |at| {
-        user_key_and_binding_until_marker(&image, at);
+    let killed = kill_transition(&pristine, &["sovereign", "-k", &pass], |image, at| {
+        user_key_and_binding_until_marker(image, at);
         // Whatever was left, running it again completes it.
-        ok(mode(&image, &["sovereign", "-k", &pass], b""));
+        ok(mode(image, &["sovereign", "-k", &pass], b""));
         assert_eq!(
-            token_types(&image),
+            token_types(image),
             ["nbde-sovereign"],
             "after a kill at {at}"
         );
-        std::fs::copy(&pristine, &image).unwrap();
     });
     eprintln!("sovereign: {killed} killed runs");
     assert!(killed > 3);
@@ -437,12 +438,9 @@ fn a_kill_at_any_write_of_leaving_sovereign_keeps_the_user_key() {
     let pristine = managed_user_image(dir.path(), "pristine.img", &tangd.url());
     let pass = s(&passphrase_file(&pristine)).to_owned();
     ok(mode(&pristine, &["sovereign", "-k", &pass], b""));
-    let image = dir.path().join("work.img");
     let cfg = json!({ "url": tangd.url() }).to_string();
     let args = ["managed+user", "-y", "-k", &pass, "tang", &cfg];
-    let killed = kill_transition(&pristine, &image, &args, |at| {
-        user_key_and_binding_until_marker(&image, at);
-    });
+    let killed = kill_transition(&pristine, &args, user_key_and_binding_until_marker);
     eprintln!("leaving sovereign: {killed} killed runs");
     assert!(killed > 3);
 }
@@ -456,20 +454,15 @@ fn a_kill_at_any_write_of_enrol_or_removal_keeps_the_binding() {
     std::fs::copy(&with_user, &managed).unwrap();
     std::fs::copy(passphrase_file(&with_user), passphrase_file(&managed)).unwrap();
     ok(mode(&managed, &["managed", "--force"], b""));
-    let image = dir.path().join("work.img");
-    let binding_works = |at: &str| {
-        assert_eq!(
-            working_bindings(&image),
-            [1],
-            "binding after a kill at {at}"
-        );
+    let binding_works = |image: &Path, at: &str| {
+        assert_eq!(working_bindings(image), [1], "binding after a kill at {at}");
     };
     let new = dir.path().join("new");
     std::fs::write(&new, "new user key").unwrap();
     let mut args = vec!["managed+user", "-k", s(&new)];
     args.extend(CHEAP);
-    let enrol = kill_transition(&managed, &image, &args, binding_works);
-    let removal = kill_transition(&with_user, &image, &["managed", "--force"], binding_works);
+    let enrol = kill_transition(&managed, &args, binding_works);
+    let removal = kill_transition(&with_user, &["managed", "--force"], binding_works);
     eprintln!("enrol: {enrol} killed runs; removal: {removal}");
     assert!(enrol > 3 && removal > 1);
 }
