@@ -106,7 +106,7 @@ fn a_policy_change_through_one_replica_is_in_force_on_the_other_that_cached_the_
 /// B's change listener reaches PostgreSQL through a relay that then goes silent (a hung
 /// proxy, a NAT entry dropped: no RST, so TCP tells neither end). B still has a working
 /// pool; its cached policy must not outlive the silence by more than a second, and it must
-/// listen again by itself.
+/// listen again by itself and end the silent session.
 #[test]
 fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_again() {
     let pg = Postgres::start();
@@ -138,10 +138,23 @@ fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_aga
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let relistened = added.elapsed();
+    // The silent session, still alive in the database behind the relay, was ended: it
+    // held the serving lock and its place in the notification queue.
+    let db = url.rsplit('/').next().unwrap();
+    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN nbde_changes%'";
+    let ended = Instant::now();
+    while pg.psql_in(db, listeners).trim() != "2" {
+        assert!(
+            ended.elapsed() < Duration::from_secs(2),
+            "listener sessions: {} (A's, B's new one, and the silent one left)",
+            pg.psql_in(db, listeners).trim()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!(
         "allowlist in force on B after {refused:?} with its listener silent; B listened again \
-         and served a new device after {:?}",
-        added.elapsed()
+         and served a new device after {relistened:?}"
     );
 }
 

@@ -117,15 +117,32 @@ pub(super) fn start(
         .name("store-watch".into())
         .spawn(move || {
             let mut pause = FIRST_PAUSE;
+            let mut given_up: Option<Session> = None;
             while !closed.load(Ordering::Relaxed) {
                 match connect.connect() {
                     Ok(mut client) => {
                         pause = FIRST_PAUSE;
-                        let listened =
-                            listen(&mut client, &heartbeat, &closed, &freshness, &*on_change);
+                        if let Some(session) = given_up.take() {
+                            session.end(&mut client);
+                        }
+                        let mut session = None;
+                        let listened = listen(
+                            &mut client,
+                            &mut session,
+                            &heartbeat,
+                            &closed,
+                            &freshness,
+                            &*on_change,
+                        );
                         freshness.deaf();
                         if let Err(error) = listened {
                             tracing::warn!(%error, "change listener lost its connection");
+                            given_up = session;
+                            // Dropping a client waits for its connection to close, which
+                            // a silent one may never do: another thread waits instead.
+                            let _ = std::thread::Builder::new()
+                                .name("store-watch-drop".into())
+                                .spawn(move || drop(client));
                         }
                     }
                     Err(e) => {
@@ -161,15 +178,60 @@ fn beat(pool: &Pool, channel: &str, closed: &AtomicBool) {
     }
 }
 
-/// Listens until the connection fails, no heartbeat comes, or the store is closed.
+/// A listener's session on the database, named by its backend's pid and start time (a
+/// pid alone may have been reused by then).
+struct Session {
+    pid: i32,
+    started_us: i64,
+}
+
+impl Session {
+    /// Ends this session if it is still there: given up because it went silent, it may
+    /// live on in the database, holding the serving lock and its place in the notification
+    /// queue, until the database's own TCP notices.
+    fn end(&self, client: &mut Client) {
+        let ended = client.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::bigint = $2",
+            &[&self.pid, &self.started_us],
+        );
+        match ended {
+            Ok(rows) if !rows.is_empty() => {
+                tracing::info!(
+                    pid = self.pid,
+                    "ended the change listener's given-up session"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "cannot end the change listener's given-up session");
+            }
+        }
+    }
+}
+
+/// Listens until the connection fails, no heartbeat comes, or the store is closed; says
+/// in `session` which session it listened in.
 fn listen(
     client: &mut Client,
+    session: &mut Option<Session>,
     heartbeat: &str,
     closed: &AtomicBool,
     freshness: &Freshness,
     on_change: &(dyn Fn() + Send + Sync),
 ) -> std::result::Result<(), String> {
     let failed = |e: postgres::Error| describe(&e);
+    let this = client
+        .query_one(
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .map_err(failed)?;
+    *session = Some(Session {
+        pid: this.get(0),
+        started_us: this.get(1),
+    });
     // A rekey holds the lock exclusively: this server is seen serving from here on (and
     // waits while a rekey runs).
     client
@@ -210,7 +272,11 @@ fn listen(
             last_beat = Instant::now();
         }
         if heard.key_ring {
+            let reloading = Instant::now();
             on_change();
+            // Not silence: the heartbeats wait unread while the key ring reloads, which
+            // can take longer than `GIVE_UP_AFTER` for many devices.
+            last_beat += reloading.elapsed();
         }
         if last_beat.elapsed() > GIVE_UP_AFTER {
             return Err(format!("no heartbeat heard for {GIVE_UP_AFTER:?}"));
