@@ -17,7 +17,8 @@ REPO = os.path.dirname(HERE)
 CACHE = os.environ.get("NBDE_CACHE", "/var/cache/nbde-qemu")
 UUID = "6e6b6465-0000-4000-8000-000000000001"
 # Images are built one at a time: generators share chroots (dracut and dracut-token the
-# same one), and scenarios running side by side ask for their images at once.
+# same one), and scenarios running side by side ask for their images at once. A generator's
+# `path` is set once its image is whole; from then on it is read without the lock.
 IMAGE_BUILD = threading.Lock()
 
 # libtss2-esys and -tctildr: what nbde-tpm2 links (the integrations put them in the image
@@ -200,6 +201,9 @@ class ChrootGenerator:
             self.prompt = r"Please unlock disk cryptroot"
 
     def initrd(self):
+        # A built image needs no lock: a boot must not wait for another generator's build.
+        if self.path:
+            return self.path
         with IMAGE_BUILD:
             return self.path or self._build()
 
@@ -233,9 +237,11 @@ class ChrootGenerator:
         for part in ["nbde-tpm2", "libtss2-esys.so", "libtss2-tctildr.so", "libtss2-tcti-device.so"]:
             if (part in listing) != bool(self.tpm2):
                 raise AssertionError(f"{self.name} image: {part} {'missing' if self.tpm2 else 'present'}")
-        self.path = os.path.join(self.build, f"initrd-{self.name}")
-        shutil.copy(root + out, self.path)
-        return self.path
+        path = os.path.join(self.build, f"initrd-{self.name}")
+        shutil.copy(root + out, path)
+        # Set once the copy is whole: `initrd` hands it out without the lock.
+        self.path = path
+        return path
 
 
 def generator(name, kdir, build, debs, tpm2=True):

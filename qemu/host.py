@@ -322,6 +322,8 @@ class Minimal(Generator):
         self.path = None
 
     def initrd(self):
+        if self.path:
+            return self.path
         with chroots.IMAGE_BUILD:
             if not self.path:
                 path = os.path.join(self.build, "minimal-initrd.gz")

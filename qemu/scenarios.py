@@ -410,6 +410,33 @@ SCENARIOS_OF = {
 }
 
 
+class Schedule:
+    """Hands the boots out to the workers, in the order given except where that would leave
+    a worker waiting. A generator's first boot builds its image, one build at a time
+    (`chroots.IMAGE_BUILD`): the next build starts as soon as none is under way, and
+    meanwhile the other worker boots what is built. In the given order, a worker would wait
+    for each build in turn (about a minute for each chroot generator)."""
+
+    def __init__(self, runs):
+        self.pending = list(runs)
+        # Generators whose image a worker has begun to build (or built: then `path` is set).
+        self.begun = set()
+        self.lock = threading.Lock()
+
+    def next(self):
+        """The next (generator, scenario) for a free worker, or None when all are out."""
+        with self.lock:
+            if not self.pending:
+                return None
+            run = None
+            if all(gen.path for gen in self.begun):
+                run = next((r for r in self.pending if r[0] not in self.begun), None)
+            run = run or next((r for r in self.pending if r[0].path), None) or self.pending[0]
+            self.pending.remove(run)
+            self.begun.add(run[0])
+            return run
+
+
 def run_one(gen, name, kdir):
     """One scenario in its own work directory: (generator, scenario, verdict, text, seconds)."""
     work = tempfile.mkdtemp(prefix=f"nbde-{gen.name}-{name}-")
@@ -445,10 +472,19 @@ def main():
             if args.scenario or (gen.name in ONLY_ON.get(name, {gen.name})
                                  and name in SCENARIOS_OF.get(gen.name, {name}))]
     rows = []
+    schedule = Schedule(runs)
+    printing = threading.Lock()
+
+    def work():
+        while run := schedule.next():
+            row = run_one(run[0], run[1], kdir)
+            with printing:
+                rows.append(row)
+                print(f"{row[0]:16} {row[1]:17} {row[2]}  {row[3]}  ({row[4]:.0f} s)", flush=True)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for row in pool.map(lambda run: run_one(run[0], run[1], kdir), runs):
-            rows.append(row)
-            print(f"{row[0]:16} {row[1]:17} {row[2]}  {row[3]}  ({row[4]:.0f} s)", flush=True)
+        for worker in [pool.submit(work) for _ in range(max(1, args.jobs))]:
+            worker.result()
     shutil.rmtree(build_dir, ignore_errors=True)
     failed = sum(1 for row in rows if row[2] != "pass")
     print(f"{len(rows) - failed} passed, {failed} failed")
