@@ -159,6 +159,46 @@ fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_aga
 }
 
 #[test]
+fn a_replica_whose_listener_cannot_connect_again_still_learns_of_new_devices() {
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let a = NbdeServer::start_on_database(&url, &[]);
+    let relay = SilencingRelay::start(pg.port());
+    let b = NbdeServer::attach(&relay.url(&url, pg.port()), a.token.clone(), &a.kek, &[]);
+    a.add_device("acme", "web", Some("P-256"));
+    let recovery = Recovery::new(&a.addr(), "web");
+    answers_within_a_second(&recovery, &b.addr(), 200, "B never served the new device");
+
+    // B's listener goes silent, and its next connection hangs in the handshake: nothing
+    // B hears from the database tells it of the device added now.
+    relay.hang_new_listeners();
+    assert_eq!(relay.silence_listeners(), 1, "B's one listener");
+    a.add_device("acme", "db", Some("P-256"));
+    let added = Instant::now();
+    while !get(&b.addr(), "/o/acme/d/db/adv").is_ok_and(|(s, _)| s == 200) {
+        assert!(
+            added.elapsed() < Duration::from_secs(15),
+            "B did not serve a device added while its listener could not connect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let learned = added.elapsed();
+    // It was not the listener that told: its new connection hung, and none of B's
+    // listener sessions listens.
+    let db = url.rsplit('/').next().unwrap();
+    let listening = pg.psql_in(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN nbde_changes%'",
+    );
+    assert_eq!(listening.trim(), "2", "A's listener and B's silent one");
+    assert!(
+        relay.hung_listeners() >= 1,
+        "B's listener made no new connection"
+    );
+    eprintln!("B served a device added while its listener could not connect after {learned:?}");
+}
+
+#[test]
 fn allow_once_is_answered_once_across_replicas() {
     let pg = Postgres::start();
     let (a, b) = two_replicas(&pg);

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -206,6 +206,10 @@ impl Recovery {
 pub struct SilencingRelay {
     pub port: u16,
     listeners: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// New connections of a change listener go silent from their first byte.
+    hang_new_listeners: Arc<AtomicBool>,
+    /// How many have.
+    hung: Arc<AtomicUsize>,
     _relay: Listener,
 }
 
@@ -214,6 +218,10 @@ impl SilencingRelay {
     pub fn start(to: u16) -> SilencingRelay {
         let listeners: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
         let seen = listeners.clone();
+        let hang_new_listeners = Arc::new(AtomicBool::new(false));
+        let hang = hang_new_listeners.clone();
+        let hung = Arc::new(AtomicUsize::new(0));
+        let counted = hung.clone();
         let relay = Listener::start(move |client| {
             let server = TcpStream::connect(("127.0.0.1", to)).unwrap();
             let silent = Arc::new(AtomicBool::new(false));
@@ -224,7 +232,19 @@ impl SilencingRelay {
             );
             std::thread::spawn(move || relay(back_from, back_to, &back_silent));
             let mut registered = false;
+            let mut first = true;
+            let listener_name = b"nbde-server change listener";
             let mut onward = |bytes: &[u8]| {
+                // The startup message names the application: a change listener's is held.
+                if std::mem::take(&mut first)
+                    && hang.load(Ordering::SeqCst)
+                    && bytes
+                        .windows(listener_name.len())
+                        .any(|w| w == listener_name)
+                {
+                    silent.store(true, Ordering::SeqCst);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
                 if !registered && bytes.windows(7).any(|w| w == b"LISTEN ") {
                     registered = true;
                     seen.lock().unwrap().push(silent.clone());
@@ -235,6 +255,8 @@ impl SilencingRelay {
         SilencingRelay {
             port: relay.port,
             listeners,
+            hang_new_listeners,
+            hung,
             _relay: relay,
         }
     }
@@ -245,6 +267,17 @@ impl SilencingRelay {
             &format!("@127.0.0.1:{cluster_port}/"),
             &format!("@127.0.0.1:{}/", self.port),
         )
+    }
+
+    /// From now on a change listener's new connection gets no answer, not even to its
+    /// startup message: a proxy that takes connections and never answers.
+    pub fn hang_new_listeners(&self) {
+        self.hang_new_listeners.store(true, Ordering::SeqCst);
+    }
+
+    /// How many new connections of a change listener were held since `hang_new_listeners`.
+    pub fn hung_listeners(&self) -> usize {
+        self.hung.load(Ordering::SeqCst)
     }
 
     /// Silences every connection that has sent `LISTEN` so far; how many.

@@ -16,6 +16,12 @@
 //! connection died without a word (no RST, a hung proxy) stops the cache within that,
 //! where waiting for TCP to notice would take seconds or forever. With no heartbeat for
 //! `GIVE_UP_AFTER`, the listener drops its connection and makes a new one.
+//!
+//! While the listener does not listen, another thread reloads the key ring every
+//! `DEAF_RELOAD_EVERY`: the listener may be stuck in a new connection's handshake for as
+//! long as a proxy that takes connections and never answers holds it, and a device added,
+//! rekeyed or retired elsewhere would not be known here until then. (Policy needs no such
+//! help: snapshots are not cached while nothing vouches for them.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,6 +44,11 @@ const BEAT_EVERY: Duration = Duration::from_millis(100);
 const TRUSTED_FOR: Duration = Duration::from_millis(600);
 /// No heartbeat heard for this long: the listener's connection is given up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(3);
+/// While the listener does not listen, the key ring is reloaded this long after it
+/// stopped and after each reload ends.
+const DEAF_RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// How often the thread that reloads for a deaf listener looks.
+const DEAF_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Tables whose changes make only the policy snapshots stale (migration 0008).
 const POLICY_TABLES: [&str; 8] = [
@@ -96,12 +107,29 @@ impl Freshness {
 }
 
 pub(super) fn start(
-    connect: super::tls::Connect,
+    mut connect: super::tls::Connect,
     pool: Pool,
     closed: Arc<AtomicBool>,
     freshness: Freshness,
     on_change: Box<dyn Fn() + Send + Sync>,
 ) -> Result<()> {
+    let on_change: Arc<dyn Fn() + Send + Sync> = Arc::from(on_change);
+    // Named apart from the pool's sessions in `pg_stat_activity`.
+    connect
+        .config
+        .application_name("nbde-server change listener");
+    // `clock_us` when the listener last stopped listening; 0 while it listens.
+    let deaf_since = Arc::new(AtomicU64::new(clock_us().max(1)));
+    let (reload_deaf, reload_closed, reload_change) =
+        (deaf_since.clone(), closed.clone(), on_change.clone());
+    std::thread::Builder::new()
+        .name("store-deaf-reload".into())
+        .spawn(move || reload_while_deaf(&reload_deaf, &reload_closed, &*reload_change))
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "key reloads while the change listener is deaf: {e}"
+            ))
+        })?;
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce)
         .map_err(|e| StoreError::Unavailable(format!("change listener: {e}")))?;
@@ -133,7 +161,9 @@ pub(super) fn start(
                             &closed,
                             &freshness,
                             &*on_change,
+                            &deaf_since,
                         );
+                        deaf_since.store(clock_us().max(1), Ordering::Release);
                         freshness.deaf();
                         if let Err(error) = listened {
                             tracing::warn!(%error, "change listener lost its connection");
@@ -163,6 +193,34 @@ fn sleep_unless_closed(pause: Duration, closed: &AtomicBool) {
     while slept < pause && !closed.load(Ordering::Relaxed) {
         std::thread::sleep(step);
         slept += step;
+    }
+}
+
+/// Reloads the key ring (`on_change`) while the listener is deaf: `DEAF_RELOAD_EVERY`
+/// after it stopped listening and after each reload ends, until it listens again.
+fn reload_while_deaf(
+    deaf_since: &AtomicU64,
+    closed: &AtomicBool,
+    on_change: &(dyn Fn() + Send + Sync),
+) {
+    let every = DEAF_RELOAD_EVERY.as_micros() as u64;
+    let mut reloaded = 0;
+    let mut told_of = 0;
+    while !closed.load(Ordering::Relaxed) {
+        sleep_unless_closed(DEAF_CHECK_EVERY, closed);
+        let since = deaf_since.load(Ordering::Acquire);
+        if since == 0 || clock_us().saturating_sub(since.max(reloaded)) < every {
+            continue;
+        }
+        if told_of != since {
+            told_of = since;
+            tracing::warn!(
+                every = ?DEAF_RELOAD_EVERY,
+                "change listener not listening: the key ring is reloaded without it"
+            );
+        }
+        on_change();
+        reloaded = clock_us();
     }
 }
 
@@ -219,6 +277,7 @@ fn listen(
     closed: &AtomicBool,
     freshness: &Freshness,
     on_change: &(dyn Fn() + Send + Sync),
+    deaf_since: &AtomicU64,
 ) -> std::result::Result<(), String> {
     let failed = |e: postgres::Error| describe(&e);
     let this = client
@@ -248,6 +307,7 @@ fn listen(
     // What changed while nobody listened is unknown: reload once now.
     freshness.changed();
     on_change();
+    deaf_since.store(0, Ordering::Release);
     let mut last_beat = Instant::now();
     while !closed.load(Ordering::Relaxed) {
         let heard = {
