@@ -113,78 +113,180 @@ pub(super) fn start(
     freshness: Freshness,
     on_change: Box<dyn Fn() + Send + Sync>,
 ) -> Result<()> {
-    let on_change: Arc<dyn Fn() + Send + Sync> = Arc::from(on_change);
     // Named apart from the pool's sessions in `pg_stat_activity`.
     connect
         .config
         .application_name("nbde-server change listener");
-    // `clock_us` when the listener last stopped listening; 0 while it listens.
-    let deaf_since = Arc::new(AtomicU64::new(clock_us().max(1)));
-    let (reload_deaf, reload_closed, reload_change) =
-        (deaf_since.clone(), closed.clone(), on_change.clone());
-    std::thread::Builder::new()
-        .name("store-deaf-reload".into())
-        .spawn(move || reload_while_deaf(&reload_deaf, &reload_closed, &*reload_change))
-        .map_err(|e| {
-            StoreError::Unavailable(format!(
-                "key reloads while the change listener is deaf: {e}"
-            ))
-        })?;
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce)
         .map_err(|e| StoreError::Unavailable(format!("change listener: {e}")))?;
-    // Only this process listens here: other replicas are not woken by its heartbeats.
-    let heartbeat = format!("nbde_heartbeat_{:016x}", u64::from_le_bytes(nonce));
-    let beat_channel = heartbeat.clone();
-    let beat_closed = closed.clone();
-    std::thread::Builder::new()
-        .name("store-heartbeat".into())
-        .spawn(move || beat(&pool, &beat_channel, &beat_closed))
-        .map_err(|e| StoreError::Unavailable(format!("change listener heartbeat: {e}")))?;
-    std::thread::Builder::new()
-        .name("store-watch".into())
-        .spawn(move || {
-            let mut pause = FIRST_PAUSE;
-            let mut given_up: Option<Session> = None;
-            while !closed.load(Ordering::Relaxed) {
-                match connect.connect() {
-                    Ok(mut client) => {
-                        pause = FIRST_PAUSE;
-                        if let Some(session) = given_up.take() {
-                            session.end(&mut client);
-                        }
-                        let mut session = None;
-                        let listened = listen(
-                            &mut client,
-                            &mut session,
-                            &heartbeat,
-                            &closed,
-                            &freshness,
-                            &*on_change,
-                            &deaf_since,
-                        );
-                        deaf_since.store(clock_us().max(1), Ordering::Release);
-                        freshness.deaf();
-                        if let Err(error) = listened {
-                            tracing::warn!(%error, "change listener lost its connection");
-                            given_up = session;
-                            // Dropping a client waits for its connection to close, which
-                            // a silent one may never do: another thread waits instead.
-                            let _ = std::thread::Builder::new()
-                                .name("store-watch-drop".into())
-                                .spawn(move || drop(client));
-                        }
+    let listener = Arc::new(Listener {
+        // Only this process listens here: other replicas are not woken by its heartbeats.
+        heartbeat: format!("nbde_heartbeat_{:016x}", u64::from_le_bytes(nonce)),
+        closed,
+        freshness,
+        on_change,
+        deaf_since: AtomicU64::new(clock_us().max(1)),
+    });
+    let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(run)
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))
+    };
+    let beating = listener.clone();
+    spawn(
+        "store-heartbeat",
+        Box::new(move || beat(&pool, &beating.heartbeat, &beating.closed)),
+    )?;
+    let reloading = listener.clone();
+    spawn(
+        "store-deaf-reload",
+        Box::new(move || reloading.reload_while_deaf()),
+    )?;
+    spawn("store-watch", Box::new(move || listener.run(&connect)))
+}
+
+/// The change listener's state, shared with the threads that beat and reload for it.
+struct Listener {
+    /// The channel of this process's heartbeat.
+    heartbeat: String,
+    closed: Arc<AtomicBool>,
+    freshness: Freshness,
+    on_change: Box<dyn Fn() + Send + Sync>,
+    /// `clock_us` when the listener last stopped listening; 0 while it listens.
+    deaf_since: AtomicU64,
+}
+
+impl Listener {
+    /// Connects and listens, again and again with a growing pause, until the store closes.
+    fn run(&self, connect: &super::tls::Connect) {
+        let mut pause = FIRST_PAUSE;
+        let mut given_up: Option<Session> = None;
+        while !self.closed.load(Ordering::Relaxed) {
+            match connect.connect() {
+                Ok(mut client) => {
+                    pause = FIRST_PAUSE;
+                    if let Some(session) = given_up.take() {
+                        session.end(&mut client);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %describe(&e), "change listener cannot connect");
+                    let session = Session::of(&mut client);
+                    let listened = match &session {
+                        Ok(_) => self.listen(&mut client),
+                        Err(e) => Err(e.clone()),
+                    };
+                    self.deaf_since.store(clock_us().max(1), Ordering::Release);
+                    self.freshness.deaf();
+                    if let Err(error) = listened {
+                        tracing::warn!(%error, "change listener lost its connection");
+                        given_up = session.ok();
+                        // Dropping a client waits for its connection to close, which a
+                        // silent one may never do: another thread waits instead.
+                        let _ = std::thread::Builder::new()
+                            .name("store-watch-drop".into())
+                            .spawn(move || drop(client));
                     }
                 }
-                sleep_unless_closed(pause, &closed);
-                pause = (pause * 2).min(LONGEST_PAUSE);
+                Err(e) => {
+                    tracing::warn!(error = %describe(&e), "change listener cannot connect");
+                }
             }
-        })
-        .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(format!("change listener: {e}")))
+            sleep_unless_closed(pause, &self.closed);
+            pause = (pause * 2).min(LONGEST_PAUSE);
+        }
+    }
+
+    /// Reloads the key ring while the listener is deaf: `DEAF_RELOAD_EVERY` after it
+    /// stopped listening and after each reload ends, until it listens again.
+    fn reload_while_deaf(&self) {
+        let every = DEAF_RELOAD_EVERY.as_micros() as u64;
+        let mut reloaded = 0;
+        let mut told_of = 0;
+        while !self.closed.load(Ordering::Relaxed) {
+            sleep_unless_closed(DEAF_CHECK_EVERY, &self.closed);
+            let since = self.deaf_since.load(Ordering::Acquire);
+            if since == 0 || clock_us().saturating_sub(since.max(reloaded)) < every {
+                continue;
+            }
+            if told_of != since {
+                told_of = since;
+                tracing::warn!(
+                    every = ?DEAF_RELOAD_EVERY,
+                    "change listener not listening: the key ring is reloaded without it"
+                );
+            }
+            (self.on_change)();
+            reloaded = clock_us();
+        }
+    }
+
+    /// Listens until the connection fails, no heartbeat comes, or the store is closed.
+    fn listen(&self, client: &mut Client) -> std::result::Result<(), String> {
+        let Listener {
+            heartbeat,
+            closed,
+            freshness,
+            on_change,
+            deaf_since,
+        } = self;
+        let failed = |e: postgres::Error| describe(&e);
+        // A rekey holds the lock exclusively: this server is seen serving from here on (and
+        // waits while a rekey runs).
+        client
+            .execute(
+                "SELECT pg_advisory_lock_shared($1)",
+                &[&super::SERVING_LOCK],
+            )
+            .map_err(failed)?;
+        client
+            .batch_execute(&format!("LISTEN nbde_changes; LISTEN {heartbeat}"))
+            .map_err(failed)?;
+        // A heartbeat sent before this session listened vouches for nothing it missed.
+        let listening_since = clock_us();
+        // What changed while nobody listened is unknown: reload once now.
+        freshness.changed();
+        on_change();
+        deaf_since.store(0, Ordering::Release);
+        let mut last_beat = Instant::now();
+        while !closed.load(Ordering::Relaxed) {
+            let heard = {
+                let mut notifications = client.notifications();
+                let mut heard = Heard::default();
+                let first = notifications.timeout_iter(WAKE).next().map_err(failed)?;
+                if let Some(first) = first {
+                    heard.add(heartbeat, &first);
+                    // Drain what else arrived, so a burst is one reload.
+                    while let Some(next) = notifications.iter().next().map_err(failed)? {
+                        heard.add(heartbeat, &next);
+                    }
+                }
+                heard
+            };
+            // Counted before vouching: they came before the heartbeat.
+            if heard.policy || heard.key_ring {
+                freshness.changed();
+            }
+            if let Some(sent) = heard.beat_sent.filter(|&sent| sent >= listening_since) {
+                freshness.vouch(sent);
+                last_beat = Instant::now();
+            }
+            if heard.key_ring {
+                let reloading = Instant::now();
+                on_change();
+                // Not silence: the heartbeats wait unread while the key ring reloads, which
+                // can take longer than `GIVE_UP_AFTER` for many devices.
+                last_beat += reloading.elapsed();
+            }
+            if last_beat.elapsed() > GIVE_UP_AFTER {
+                return Err(format!("no heartbeat heard for {GIVE_UP_AFTER:?}"));
+            }
+            if client.is_closed() {
+                return client.simple_query("").map(|_| ()).map_err(failed);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn sleep_unless_closed(pause: Duration, closed: &AtomicBool) {
@@ -193,34 +295,6 @@ fn sleep_unless_closed(pause: Duration, closed: &AtomicBool) {
     while slept < pause && !closed.load(Ordering::Relaxed) {
         std::thread::sleep(step);
         slept += step;
-    }
-}
-
-/// Reloads the key ring (`on_change`) while the listener is deaf: `DEAF_RELOAD_EVERY`
-/// after it stopped listening and after each reload ends, until it listens again.
-fn reload_while_deaf(
-    deaf_since: &AtomicU64,
-    closed: &AtomicBool,
-    on_change: &(dyn Fn() + Send + Sync),
-) {
-    let every = DEAF_RELOAD_EVERY.as_micros() as u64;
-    let mut reloaded = 0;
-    let mut told_of = 0;
-    while !closed.load(Ordering::Relaxed) {
-        sleep_unless_closed(DEAF_CHECK_EVERY, closed);
-        let since = deaf_since.load(Ordering::Acquire);
-        if since == 0 || clock_us().saturating_sub(since.max(reloaded)) < every {
-            continue;
-        }
-        if told_of != since {
-            told_of = since;
-            tracing::warn!(
-                every = ?DEAF_RELOAD_EVERY,
-                "change listener not listening: the key ring is reloaded without it"
-            );
-        }
-        on_change();
-        reloaded = clock_us();
     }
 }
 
@@ -244,6 +318,21 @@ struct Session {
 }
 
 impl Session {
+    /// The session `client` is connected to.
+    fn of(client: &mut Client) -> std::result::Result<Session, String> {
+        let this = client
+            .query_one(
+                "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint
+                 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| describe(&e))?;
+        Ok(Session {
+            pid: this.get(0),
+            started_us: this.get(1),
+        })
+    }
+
     /// Ends this session if it is still there: given up because it went silent, it may
     /// live on in the database, holding the serving lock and its place in the notification
     /// queue, until the database's own TCP notices.
@@ -268,86 +357,6 @@ impl Session {
     }
 }
 
-/// Listens until the connection fails, no heartbeat comes, or the store is closed; says
-/// in `session` which session it listened in.
-fn listen(
-    client: &mut Client,
-    session: &mut Option<Session>,
-    heartbeat: &str,
-    closed: &AtomicBool,
-    freshness: &Freshness,
-    on_change: &(dyn Fn() + Send + Sync),
-    deaf_since: &AtomicU64,
-) -> std::result::Result<(), String> {
-    let failed = |e: postgres::Error| describe(&e);
-    let this = client
-        .query_one(
-            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint
-             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .map_err(failed)?;
-    *session = Some(Session {
-        pid: this.get(0),
-        started_us: this.get(1),
-    });
-    // A rekey holds the lock exclusively: this server is seen serving from here on (and
-    // waits while a rekey runs).
-    client
-        .execute(
-            "SELECT pg_advisory_lock_shared($1)",
-            &[&super::SERVING_LOCK],
-        )
-        .map_err(failed)?;
-    client
-        .batch_execute(&format!("LISTEN nbde_changes; LISTEN {heartbeat}"))
-        .map_err(failed)?;
-    // A heartbeat sent before this session listened vouches for nothing it missed.
-    let listening_since = clock_us();
-    // What changed while nobody listened is unknown: reload once now.
-    freshness.changed();
-    on_change();
-    deaf_since.store(0, Ordering::Release);
-    let mut last_beat = Instant::now();
-    while !closed.load(Ordering::Relaxed) {
-        let heard = {
-            let mut notifications = client.notifications();
-            let mut heard = Heard::default();
-            let first = notifications.timeout_iter(WAKE).next().map_err(failed)?;
-            if let Some(first) = first {
-                heard.add(heartbeat, &first);
-                // Drain what else arrived, so a burst is one reload.
-                while let Some(next) = notifications.iter().next().map_err(failed)? {
-                    heard.add(heartbeat, &next);
-                }
-            }
-            heard
-        };
-        // Counted before vouching: they came before the heartbeat.
-        if heard.policy || heard.key_ring {
-            freshness.changed();
-        }
-        if let Some(sent) = heard.beat_sent.filter(|&sent| sent >= listening_since) {
-            freshness.vouch(sent);
-            last_beat = Instant::now();
-        }
-        if heard.key_ring {
-            let reloading = Instant::now();
-            on_change();
-            // Not silence: the heartbeats wait unread while the key ring reloads, which
-            // can take longer than `GIVE_UP_AFTER` for many devices.
-            last_beat += reloading.elapsed();
-        }
-        if last_beat.elapsed() > GIVE_UP_AFTER {
-            return Err(format!("no heartbeat heard for {GIVE_UP_AFTER:?}"));
-        }
-        if client.is_closed() {
-            return client.simple_query("").map(|_| ()).map_err(failed);
-        }
-    }
-    Ok(())
-}
-
 /// What a burst of notifications changed, and the latest own heartbeat's send time.
 #[derive(Default)]
 struct Heard {
@@ -358,11 +367,12 @@ struct Heard {
 
 impl Heard {
     fn add(&mut self, heartbeat: &str, notification: &postgres::Notification) {
-        let table = notification.payload();
+        // A heartbeat's payload is its send time; a change's, the table changed.
+        let payload = notification.payload();
         if notification.channel() == heartbeat {
-            let sent = table.parse().ok();
+            let sent = payload.parse().ok();
             self.beat_sent = self.beat_sent.max(sent);
-        } else if POLICY_TABLES.contains(&table) {
+        } else if POLICY_TABLES.contains(&payload) {
             self.policy = true;
         } else {
             self.key_ring = true;
