@@ -103,13 +103,17 @@ fn a_policy_change_through_one_replica_is_in_force_on_the_other_that_cached_the_
     eprintln!("allowlist in force on B after {listed:?}, shared list after {attached:?}");
 }
 
-/// B's change listener reaches PostgreSQL through a relay that then goes silent (a hung
-/// proxy, a NAT entry dropped: no RST, so TCP tells neither end). B still has a working
-/// pool; its cached policy must not outlive the silence by more than a second, and it must
-/// listen again by itself and end the silent session.
-#[test]
-fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_again() {
-    let pg = Postgres::start();
+/// Replica A on a new database, and B reaching it through a `SilencingRelay`; both serve
+/// device acme/web.
+struct Relayed {
+    url: String,
+    a: NbdeServer,
+    relay: SilencingRelay,
+    b: NbdeServer,
+    recovery: Recovery,
+}
+
+fn relayed(pg: &Postgres) -> Relayed {
     let url = pg.create_database();
     let a = NbdeServer::start_on_database(&url, &[]);
     let relay = SilencingRelay::start(pg.port());
@@ -117,6 +121,39 @@ fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_aga
     a.add_device("acme", "web", Some("P-256"));
     let recovery = Recovery::new(&a.addr(), "web");
     answers_within_a_second(&recovery, &b.addr(), 200, "B never served the new device");
+    Relayed {
+        url,
+        a,
+        relay,
+        b,
+        recovery,
+    }
+}
+
+/// How long after now `server` serves device acme/db; panics with `what` after `limit`.
+fn serves_new_device(server: &NbdeServer, limit: Duration, what: &str) -> Duration {
+    let since = Instant::now();
+    while !get(&server.addr(), "/o/acme/d/db/adv").is_ok_and(|(s, _)| s == 200) {
+        assert!(since.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    since.elapsed()
+}
+
+/// B's change listener reaches PostgreSQL through a relay that then goes silent (a hung
+/// proxy, a NAT entry dropped: no RST, so TCP tells neither end). B still has a working
+/// pool; its cached policy must not outlive the silence by more than a second, and it must
+/// listen again by itself and end the silent session.
+#[test]
+fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_again() {
+    let pg = Postgres::start();
+    let Relayed {
+        url,
+        a,
+        relay,
+        b,
+        recovery,
+    } = relayed(&pg);
     assert_eq!(recovery.attempt(&b.addr()).unwrap(), 200);
 
     assert_eq!(relay.silence_listeners(), 1, "B's one listener");
@@ -130,15 +167,7 @@ fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_aga
 
     // A device added later is served by B once it listens on a new connection.
     a.add_device("acme", "db", Some("P-256"));
-    let added = Instant::now();
-    while !get(&b.addr(), "/o/acme/d/db/adv").is_ok_and(|(s, _)| s == 200) {
-        assert!(
-            added.elapsed() < Duration::from_secs(10),
-            "B did not listen again within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let relistened = added.elapsed();
+    let relistened = serves_new_device(&b, Duration::from_secs(10), "B did not listen again");
     // The silent session, still alive in the database behind the relay, was ended: it
     // held the serving lock and its place in the notification queue.
     let db = url.rsplit('/').next().unwrap();
@@ -158,31 +187,24 @@ fn a_replica_whose_listener_goes_silent_stops_trusting_its_cache_and_listens_aga
     );
 }
 
+/// B's change listener goes silent, and every new connection it makes then hangs in the
+/// handshake (a proxy that takes connections and never answers): B must still learn of a
+/// device added through A, reloading its keys without the listener.
 #[test]
 fn a_replica_whose_listener_cannot_connect_again_still_learns_of_new_devices() {
     let pg = Postgres::start();
-    let url = pg.create_database();
-    let a = NbdeServer::start_on_database(&url, &[]);
-    let relay = SilencingRelay::start(pg.port());
-    let b = NbdeServer::attach(&relay.url(&url, pg.port()), a.token.clone(), &a.kek, &[]);
-    a.add_device("acme", "web", Some("P-256"));
-    let recovery = Recovery::new(&a.addr(), "web");
-    answers_within_a_second(&recovery, &b.addr(), 200, "B never served the new device");
+    let Relayed {
+        url, a, relay, b, ..
+    } = relayed(&pg);
 
-    // B's listener goes silent, and its next connection hangs in the handshake: nothing
-    // B hears from the database tells it of the device added now.
     relay.hang_new_listeners();
     assert_eq!(relay.silence_listeners(), 1, "B's one listener");
     a.add_device("acme", "db", Some("P-256"));
-    let added = Instant::now();
-    while !get(&b.addr(), "/o/acme/d/db/adv").is_ok_and(|(s, _)| s == 200) {
-        assert!(
-            added.elapsed() < Duration::from_secs(15),
-            "B did not serve a device added while its listener could not connect"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let learned = added.elapsed();
+    let learned = serves_new_device(
+        &b,
+        Duration::from_secs(15),
+        "B did not serve a device added while its listener could not connect",
+    );
     // It was not the listener that told: its new connection hung, and none of B's
     // listener sessions listens.
     let db = url.rsplit('/').next().unwrap();
