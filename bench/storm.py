@@ -14,13 +14,16 @@ it (systemd-socket-activate --inetd: the accepted socket is tangd's stdin/stdout
 nodelay), nbde-server --tang-dir on the same key directory, nbde-server's per-device route
 on SQLite, and on PostgreSQL with one replica and two behind haproxy (if this server has
 --database). Then a storm of N distinct devices, one recovery each, checked against the
-history; and the floor: one variable-base multiplication per curve.
+history; and the floors (bench/floors.py): one variable-base multiplication per curve and
+one durable write. Where a recovery's CPU goes at 16 connections: the history writer
+thread's share, and what HTTP and loopback TCP alone cost the same server (`GET /adv`).
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +32,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+import floors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -83,6 +88,34 @@ def cpu_seconds(pids):
         # Fields 14-17 (utime, stime, cutime, cstime), counted from the pid as 1.
         total += sum(int(v) for v in fields[11:15])
     return total / TICK
+
+
+def thread_cpu_seconds(pid, name):
+    """utime+stime of the threads of `pid` named `name`, seconds."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                comm, rest = f.read().split(" (", 1)[1].rsplit(")", 1)
+        except FileNotFoundError:
+            continue
+        if comm == name:
+            total += sum(int(v) for v in rest.split()[11:13])
+    return total / TICK
+
+
+def http_alone(port, path, conns, seconds, pid):
+    """The server's CPU per `GET path` on a new connection each: HTTP and loopback TCP
+    with no multiplication and no history row."""
+    before = cpu_seconds([pid])
+    out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s",
+                          "-H", "Connection: close", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds([pid]) - before
+    n = int(re.search(r"(\d+) requests in", out)[1])
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return dict(conns=conns, rate=n / seconds, cpu_us=cpu * 1e6 / n,
+                non2xx=int(bad[1]) if bad else 0)
 
 
 class Procs:
@@ -159,10 +192,13 @@ def measure(name, port, path, body, pids, args, floor_us, rows, wrk_cpus=None):
     for conns in args.conns:
         busy = compiles()
         before = cpu_seconds(pids)
+        writer_before = sum(thread_cpu_seconds(p, "history-writer") for p in pids)
         f = wrk(port, path, conns, args.seconds, body, cpus=wrk_cpus)
         cpu = cpu_seconds(pids) - before
-        f.update(name=name, conns=conns, busy=busy + compiles(),
-                 cpu_us=cpu * 1e6 / max(f["ok"] + f["other"], 1))
+        writer = sum(thread_cpu_seconds(p, "history-writer") for p in pids) - writer_before
+        answers = max(f["ok"] + f["other"], 1)
+        f.update(name=name, conns=conns, busy=busy + compiles(), cpu_us=cpu * 1e6 / answers,
+                 writer_us=writer * 1e6 / answers)
         f["ratio"] = f["cpu_us"] / floor_us
         if name.startswith("tangd"):
             # Its processes' CPU reaches the listener only as they are reaped, which lags
@@ -315,50 +351,6 @@ def has_postgres():
     return "--database" in out.stdout + out.stderr
 
 
-def floor():
-    out = subprocess.run(["cargo", "bench", "-q", "-p", "nbde-server", "--bench", "mul", "--",
-                          "--json", "--rounds", "2000"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-
-
-def durable_write_floor(work, n=2000):
-    """CPU per durable write on the store's filesystem, the part of a recovery no batching
-    shares at 1 connection: a 4 KiB pwrite + fsync, and a one-row SQLite commit in WAL mode
-    with synchronous=FULL (the server's settings; Python's sqlite3, Python's loop included)."""
-    import resource
-    import sqlite3
-
-    def cpu():
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    path = os.path.join(work, "durable-probe")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    page = b"h" * 4096
-    os.pwrite(fd, page * 64, 0)
-    os.fsync(fd)
-    start = cpu()
-    for i in range(n):
-        os.pwrite(fd, page, (i % 64) * 4096)
-        os.fsync(fd)
-    fsync_us = (cpu() - start) * 1e6 / n
-    os.close(fd)
-    db = sqlite3.connect(os.path.join(work, "durable-probe.db"), isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER, org TEXT, "
-               "device TEXT, peer TEXT, kid TEXT, decision TEXT, reason TEXT)")
-    db.execute("CREATE INDEX history_device ON history(org, device, id)")
-    start = cpu()
-    for i in range(n):
-        db.execute("INSERT INTO history (at, org, device, peer, kid, decision, reason) "
-                   "VALUES (?, 'o', 'd', '127.0.0.1', 'k', 'allowed', 'active')", (i,))
-    commit_us = (cpu() - start) * 1e6 / n
-    db.close()
-    return dict(fsync_us=fsync_us, commit_us=commit_us)
-
-
 def storm(procs, args, work, floor_us):
     """N devices (creation timed), one recovery each; the 200s against the history rows."""
     store = os.path.join(work, "storm")
@@ -422,7 +414,7 @@ def main():
     else:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "nbde-server"], cwd=ROOT,
                        check=True)
-    mul = floor()
+    mul = floors.multiplication()
     p521 = next(m for m in mul if m["curve"] == "P-521")
     floor_us = p521["awslc_us"]
 
@@ -470,6 +462,7 @@ def main():
         device = admin.post("/orgs/bench/devices", {"name": "sqlite", "curve": "P-521"})
         measure("nbde-server per-device, SQLite", port, device_path(device), args.body,
                 [server.pid], args, floor_us, rows)
+        http = http_alone(port, f"/o/bench/d/{device['name']}/adv", 16, args.seconds, server.pid)
         procs.stop(server)
         if (os.cpu_count() or 1) >= 2:
             # The same store with the server on one core and wrk on the other: what a
@@ -500,20 +493,20 @@ def main():
         else:
             notes.append("PostgreSQL rows not run: this nbde-server has no --database yet")
 
-        durable = durable_write_floor(work)
+        durable = floors.durable_write(work)
         result = None if args.skip_storm else storm(procs, args, work, floor_us)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
-    report = render(args, rows, mul, floor_us, result, durable, notes)
+    report = render(args, rows, mul, floor_us, result, durable, http, notes)
     print(report)
     if args.out:
         with open(args.out, "w") as f:
             f.write(report_header() + report)
 
 
-def render(args, rows, mul, floor_us, s, durable, notes):
+def render(args, rows, mul, floor_us, s, durable, http, notes):
     out = [f"wrk, new connection per request, {args.seconds} s per cell, P-521 exchange keys, "
            "loopback; CPU is the nbde-server processes' utime+stime over the cell per answer (not "
            "PostgreSQL's or haproxy's; not for tangd, whose per-connection processes are "
@@ -539,6 +532,15 @@ def render(args, rows, mul, floor_us, s, durable, notes):
     for r in ours:
         out.append(f"- per-device SQLite at {r['conns']}: {r['rate'] / tangd[r['conns']]:.2f}× "
                    f"tangd+nodelay; CPU/rec {r['ratio']:.2f}× one multiplication")
+    parts = next((r for r in ours if r["conns"] == 16), None)
+    if parts:
+        rest = parts["cpu_us"] - floor_us - parts["writer_us"] - http["cpu_us"]
+        out.append(f"- where a recovery's CPU goes, per-device SQLite at 16 connections "
+                   f"({parts['cpu_us']:.0f} µs): one multiplication {floor_us:.0f}; the history "
+                   f"writer thread {parts['writer_us']:.1f}; HTTP and loopback TCP alone "
+                   f"{http['cpu_us']:.1f} (`GET /adv` on a new connection each, "
+                   f"{http['rate']:.0f} a second, {http['non2xx']} not 200); the rest, with the "
+                   f"multiplication's own slowdown in the server, {rest:.0f}")
     out += [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
