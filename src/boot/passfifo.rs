@@ -48,14 +48,22 @@ pub fn passfifo(crypttab_path: &Path, ctx: &Context) -> Result<()> {
         while !device.exists() && Instant::now() < appeared {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let Ok(mut volume) = Volume::open(&device) else {
-            continue;
+        let label = format!("{} ({name})", device.display());
+        // Said on the console: otherwise the prompt waits with no word of why no key came.
+        let mut volume = match Volume::open(&device) {
+            Ok(volume) => volume,
+            Err(e) => {
+                status(&format!("{label}: left to the prompt: {e}"));
+                continue;
+            }
         };
         let found = bindings(&mut volume);
         if found.is_empty() {
+            status(&format!(
+                "{label}: no usable clevis binding: left to the prompt"
+            ));
             continue;
         }
-        let label = format!("{} ({name})", device.display());
         while !mapper_exists(&name) {
             let Some((_, key)) = recover_until(&label, &found, ctx, &stop, None) else {
                 break;
