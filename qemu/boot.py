@@ -8,6 +8,7 @@ forwarded addresses (10.0.2.100, .101, … on port 80), each piped by socat to o
 loopback port.
 """
 import argparse
+import codecs
 import os
 import re
 import subprocess
@@ -22,6 +23,38 @@ def guest_url(index=0, scheme="http"):
     """The URL a guest uses for forwarded server number `index` (port 80 for http, 443
     for https: see Boot's forwards)."""
     return f"{scheme}://{GUEST_SERVER_BASE}{index}"
+
+
+# The kernel writes its messages straight to the serial port, between any two characters of
+# what a program is writing to the console: "Passphrase for [    3.392686] nbde-unlock: …\r\n
+# /dev/vda (or wait for the network): " is one prompt with one kernel message inside it.
+KERNEL_STAMP = re.compile(r"\[\s*\d+\.\d+\] ")
+
+
+def console_lines(text):
+    """The complete lines in `text`, each kernel message a line of its own and a program's
+    line whole again around any kernel message printed inside it, and the text left over
+    (a line not ended yet, with any kernel messages inside it still in place)."""
+    lines = []
+    held = ""  # the start of a program's line that a kernel message interrupted
+    at = 0
+    while True:
+        end = text.find("\n", at)
+        stamp = KERNEL_STAMP.search(text, at)
+        if stamp and (end < 0 or stamp.start() < end):
+            message_end = text.find("\n", stamp.start())
+            if message_end < 0:
+                break  # that kernel message is not whole yet
+            held += text[at:stamp.start()]
+            lines.append(text[stamp.start():message_end].rstrip("\r"))
+            at = message_end + 1
+        elif end >= 0:
+            lines.append((held + text[at:end]).rstrip("\r"))
+            held = ""
+            at = end + 1
+        else:
+            break
+    return lines, held + text[at:]
 
 
 class Boot:
@@ -73,29 +106,27 @@ class Boot:
     def _read(self):
         # Beside the raw log, each line with the host's seconds since QEMU started: where a
         # boot spends its time, including lines the kernel does not stamp (systemd, hooks).
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with open(self.log_path, "wb") as log, open(self.log_path + ".timed", "w") as timed:
-            buf = b""
+            rest = ""
             while True:
                 chunk = self.proc.stdout.read1(4096)
                 if not chunk:
                     break
                 log.write(chunk)
                 log.flush()
-                buf += chunk
-                # A prompt has no newline: hand partial lines over too.
-                parts = re.split(rb"\r?\n", buf)
-                buf = parts.pop()
+                lines, rest = console_lines(rest + decoder.decode(chunk))
                 with self.lock:
-                    for p in parts:
-                        line = p.decode("utf-8", "replace")
+                    for line in lines:
                         self.lines.append((self.elapsed(), line))
                         timed.write(f"{self.elapsed():8.2f} | {line}\n")
-                    if buf:
-                        self.partial = (self.elapsed(), buf.decode("utf-8", "replace"))
+                    # A prompt has no newline: hand partial lines over too.
+                    if rest:
+                        self.partial = (self.elapsed(), rest)
                     self.lock.notify_all()
         with self.lock:
-            if buf:
-                self.lines.append((self.elapsed(), buf.decode("utf-8", "replace")))
+            if rest:
+                self.lines.append((self.elapsed(), rest))
             self.done = True
             self.lock.notify_all()
 

@@ -32,6 +32,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 # The console in a real browser (Debian's python3, where python3-selenium is).
 /usr/bin/python3 server/tests/console/browser.py
+# How the boot scenarios read a serial console.
+python3 qemu/test_boot.py
 
 if [ "${NBDE_SKIP_QEMU:-0}" != 1 ]; then
     . qemu/lib.sh
