@@ -42,13 +42,21 @@ fn crypttab(path: &Path) -> Vec<(String, PathBuf)> {
 /// asks; the console prompt stays with askpass, and whichever answer comes first wins.
 pub fn passfifo(crypttab_path: &Path, ctx: &Context) -> Result<()> {
     let stop = AtomicBool::new(false);
-    for (name, device) in crypttab(crypttab_path) {
+    let entries = crypttab(crypttab_path);
+    if entries.is_empty() {
+        status(&format!(
+            "no device to unlock in {}",
+            crypttab_path.display()
+        ));
+    }
+    for (name, device) in entries {
+        let label = format!("{} ({name})", device.display());
+        status(&format!("{label}: unlocking"));
         // udev may still be settling.
         let appeared = Instant::now() + Duration::from_secs(30);
         while !device.exists() && Instant::now() < appeared {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let label = format!("{} ({name})", device.display());
         // Said on the console: otherwise the prompt waits with no word of why no key came.
         let mut volume = match Volume::open(&device) {
             Ok(volume) => volume,
