@@ -425,6 +425,46 @@ fn a_replica_serves_a_device_added_through_another_within_a_second() {
 }
 
 #[test]
+fn a_database_outage_is_logged_once_by_the_key_reloads_and_their_return_once() {
+    let cluster = Postgres::start();
+    let mut server = NbdeServer::start_on_database(&cluster.create_database(), &[]);
+    server.restart_logging("info,nbde_server::http=debug");
+    let failed = "reloading the keys after a change failed";
+    let failed_again = "reloading the keys failed again";
+    let again = "reloading the keys works again";
+    let wait_for = |text: &str, within: Duration| {
+        let start = Instant::now();
+        while server.log_lines(text).is_empty() && start.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    cluster.stop();
+    // The listener loses its connection; its fallback reloads 2 s after that and 2 s
+    // after each reload ends, and each one fails (after the pool's own wait) while the
+    // database is down.
+    wait_for(failed_again, Duration::from_secs(30));
+    assert_eq!(
+        server
+            .log_lines("the key ring is reloaded without it")
+            .len(),
+        1,
+        "the listener did not go deaf"
+    );
+    let said = server.log_lines(failed);
+    assert_eq!(said.len(), 1, "said at every failed reload: {said:#?}");
+    assert!(!server.log_lines(failed_again).is_empty());
+    assert!(server.log_lines(again).is_empty());
+    cluster.start_again();
+    wait_for(again, Duration::from_secs(20));
+    assert_eq!(
+        server.log_lines(again).len(),
+        1,
+        "no word when reloads worked again"
+    );
+    assert_eq!(server.log_lines(failed).len(), 1);
+}
+
+#[test]
 fn the_database_password_is_never_shown() {
     let cluster = Postgres::start();
     let url = cluster.create_database();

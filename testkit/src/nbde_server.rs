@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{bin, run_ok, tempdir};
@@ -22,6 +23,10 @@ pub struct NbdeServer {
     pub database: Option<String>,
     extra_args: Vec<String>,
     child: Option<std::process::Child>,
+    /// Every line the server wrote to stderr (its log), across restarts.
+    log: Arc<Mutex<Vec<String>>>,
+    /// `NBDE_LOG` for the process, when not the default.
+    log_filter: Option<String>,
 }
 
 impl NbdeServer {
@@ -71,6 +76,8 @@ impl NbdeServer {
             database: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
+            log: Arc::default(),
+            log_filter: None,
         };
         server.restart();
         server
@@ -126,6 +133,8 @@ impl NbdeServer {
             database: Some(url.to_owned()),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
+            log: Arc::default(),
+            log_filter: None,
         };
         server.restart();
         server
@@ -151,7 +160,11 @@ impl NbdeServer {
             None => args.extend(["--data".into(), self.data.path().to_str().unwrap().into()]),
         }
         args.extend(self.extra_args.iter().cloned());
-        let mut child = Command::new(bin("nbde-server"))
+        let mut command = Command::new(bin("nbde-server"));
+        if let Some(filter) = &self.log_filter {
+            command.env("NBDE_LOG", filter);
+        }
+        let mut child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -160,6 +173,7 @@ impl NbdeServer {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (found, port) = std::sync::mpsc::channel();
+        let log = self.log.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
             let mut sent = false;
@@ -171,12 +185,25 @@ impl NbdeServer {
                     let _ = found.send(url.to_owned());
                     sent = true;
                 }
+                log.lock().unwrap().push(line);
             }
         });
         self.url = port
             .recv_timeout(Duration::from_secs(30))
             .expect("nbde-server did not start listening");
         self.child = Some(child);
+    }
+
+    /// Restarts with `NBDE_LOG` set to `filter` (debug lines of a module, say).
+    pub fn restart_logging(&mut self, filter: &str) {
+        self.log_filter = Some(filter.to_owned());
+        self.restart();
+    }
+
+    /// The lines of its log so far that contain `text`.
+    pub fn log_lines(&self, text: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(text)).cloned().collect()
     }
 
     pub fn stop(&mut self) {

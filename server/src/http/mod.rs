@@ -5,6 +5,7 @@ pub mod console;
 pub mod tang;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::Router;
@@ -118,11 +119,27 @@ impl AppState {
     /// made (replicas sharing one database); a no-op for a single-process store.
     pub fn watch_changes(self: &Arc<Self>) -> Result<()> {
         let state = Arc::downgrade(self);
+        // While the database is down, reloads fail every few seconds (a deaf listener's
+        // fallback keeps trying): said once when they start failing, and once when they
+        // work again.
+        let failing = AtomicBool::new(false);
         self.store.watch(Box::new(move || {
-            if let Some(state) = state.upgrade()
-                && let Err(e) = state.reload_keys()
-            {
-                tracing::warn!(error = %e, "reloading the keys after a change failed");
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            match state.reload_keys() {
+                Ok(()) => {
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("reloading the keys works again");
+                    }
+                }
+                Err(e) => {
+                    if failing.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(error = %e, "reloading the keys failed again");
+                    } else {
+                        tracing::warn!(error = %e, "reloading the keys after a change failed");
+                    }
+                }
             }
         }))?;
         Ok(())
