@@ -296,6 +296,21 @@ pub fn recover_until(
     }
 }
 
+/// Block devices the kernel knows, as /dev paths.
+fn block_devices() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/sys/class/block")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| Path::new("/dev").join(e.file_name()))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 fn mapper_exists(name: &str) -> bool {
     Path::new("/dev/mapper").join(name).exists()
 }

@@ -6,15 +6,85 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::{bindings, mapper_exists, recover_until, status};
+use super::{bindings, block_devices, mapper_exists, recover_until, status};
 use crate::error::Result;
 use crate::luks::Volume;
 use crate::pin::Context;
 
 const PASSFIFO: &str = "/lib/cryptsetup/passfifo";
 
-/// One line of /cryptroot/crypttab: target name and source device.
-fn crypttab(path: &Path) -> Vec<(String, PathBuf)> {
+/// Where a crypttab entry's volume is.
+#[derive(Debug, PartialEq)]
+enum Source {
+    /// A device path.
+    Path(PathBuf),
+    /// `UUID=`: the LUKS volume with this UUID.
+    Uuid(String),
+    /// `LABEL=`, `PARTUUID=`, `PARTLABEL=`: udev's link for it.
+    Link(PathBuf),
+}
+
+impl Source {
+    fn parse(field: &str) -> Source {
+        let link = |dir: &str, value: &str| Source::Link(Path::new(dir).join(value));
+        if let Some(uuid) = field.strip_prefix("UUID=") {
+            Source::Uuid(uuid.to_owned())
+        } else if let Some(label) = field.strip_prefix("LABEL=") {
+            link("/dev/disk/by-label", label)
+        } else if let Some(uuid) = field.strip_prefix("PARTUUID=") {
+            link("/dev/disk/by-partuuid", uuid)
+        } else if let Some(label) = field.strip_prefix("PARTLABEL=") {
+            link("/dev/disk/by-partlabel", label)
+        } else {
+            Source::Path(PathBuf::from(field))
+        }
+    }
+
+    /// How the console names it.
+    fn display(&self) -> String {
+        match self {
+            Source::Path(path) | Source::Link(path) => path.display().to_string(),
+            Source::Uuid(uuid) => format!("UUID={uuid}"),
+        }
+    }
+
+    /// The device, if it is there. A UUID is looked for on every block device when udev's
+    /// link for it is missing, as cryptroot itself finds it (with blkid, not the link):
+    /// otherwise cryptroot asks for a volume this would wait for in vain.
+    fn device(&self, block_devices: impl Fn() -> Vec<PathBuf>) -> Option<PathBuf> {
+        match self {
+            Source::Path(path) | Source::Link(path) => path.exists().then(|| path.clone()),
+            Source::Uuid(uuid) => {
+                let link = Path::new("/dev/disk/by-uuid").join(uuid);
+                if link.exists() {
+                    return Some(link);
+                }
+                block_devices().into_iter().find(|device| {
+                    Volume::open(device)
+                        .and_then(|mut volume| volume.uuid())
+                        .is_ok_and(|found| found.eq_ignore_ascii_case(uuid))
+                })
+            }
+        }
+    }
+}
+
+/// The device of `source`, within 30 s: udev may still be settling.
+fn wait_for_device(source: &Source) -> Option<PathBuf> {
+    let appeared = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(device) = source.device(block_devices) {
+            return Some(device);
+        }
+        if Instant::now() >= appeared {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One line of /cryptroot/crypttab: target name and source.
+fn crypttab(path: &Path) -> Vec<(String, Source)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -24,15 +94,7 @@ fn crypttab(path: &Path) -> Vec<(String, PathBuf)> {
         .filter_map(|l| {
             let mut fields = l.split_whitespace();
             let name = fields.next()?.to_owned();
-            let source = fields.next()?;
-            let device = if let Some(uuid) = source.strip_prefix("UUID=") {
-                PathBuf::from(format!("/dev/disk/by-uuid/{uuid}"))
-            } else if let Some(label) = source.strip_prefix("LABEL=") {
-                PathBuf::from(format!("/dev/disk/by-label/{label}"))
-            } else {
-                PathBuf::from(source)
-            };
-            Some((name, device))
+            Some((name, Source::parse(fields.next()?)))
         })
         .collect()
 }
@@ -49,14 +111,13 @@ pub fn passfifo(crypttab_path: &Path, ctx: &Context) -> Result<()> {
             crypttab_path.display()
         ));
     }
-    for (name, device) in entries {
-        let label = format!("{} ({name})", device.display());
+    for (name, source) in entries {
+        let label = format!("{} ({name})", source.display());
         status(&format!("{label}: unlocking"));
-        // udev may still be settling.
-        let appeared = Instant::now() + Duration::from_secs(30);
-        while !device.exists() && Instant::now() < appeared {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let Some(device) = wait_for_device(&source) else {
+            status(&format!("{label}: no such device: left to the prompt"));
+            continue;
+        };
         // Said on the console: otherwise the prompt waits with no word of why no key came.
         let mut volume = match Volume::open(&device) {
             Ok(volume) => volume,
@@ -108,18 +169,38 @@ mod tests {
         let path = dir.path().join("crypttab");
         std::fs::write(
             &path,
-            "# comment\ncryptroot UUID=1234 none luks,initramfs\nswap /dev/vdb none luks\n",
+            "# comment\ncryptroot UUID=1234 none luks,initramfs\nswap /dev/vdb none luks\n\
+             home PARTUUID=ab-01 none luks\n",
         )
         .unwrap();
         assert_eq!(
             crypttab(&path),
             vec![
+                ("cryptroot".to_owned(), Source::Uuid("1234".into())),
+                ("swap".to_owned(), Source::Path("/dev/vdb".into())),
                 (
-                    "cryptroot".to_owned(),
-                    PathBuf::from("/dev/disk/by-uuid/1234")
+                    "home".to_owned(),
+                    Source::Link("/dev/disk/by-partuuid/ab-01".into())
                 ),
-                ("swap".to_owned(), PathBuf::from("/dev/vdb")),
             ]
+        );
+    }
+
+    #[test]
+    fn finds_a_uuid_on_the_block_devices_when_udev_has_no_link_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = testkit::luks_image(dir.path(), "other.img");
+        let wanted = testkit::luks_image(dir.path(), "wanted.img");
+        let plain = dir.path().join("plain.img");
+        std::fs::write(&plain, vec![0u8; 1 << 20]).unwrap();
+        let uuid = Volume::open(&wanted).unwrap().uuid().unwrap();
+        let devices = || vec![plain.clone(), other.clone(), wanted.clone()];
+        // blkid matches a UUID whatever its case, and so does cryptroot.
+        let source = Source::parse(&format!("UUID={}", uuid.to_uppercase()));
+        assert_eq!(source.device(devices), Some(wanted.clone()));
+        assert_eq!(
+            Source::parse("UUID=00000000-0000-4000-8000-000000000000").device(devices),
+            None
         );
     }
 }

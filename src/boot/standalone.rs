@@ -4,33 +4,18 @@
 
 use std::io::BufRead;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use libcryptsetup_rs::consts::flags::CryptActivate;
 use zeroize::Zeroizing;
 
-use super::{bindings, mapper_exists, recover_until, status};
+use super::{bindings, block_devices, mapper_exists, recover_until, status};
 use crate::error::{Error, Result};
 use crate::luks::Volume;
 use crate::pin::Context;
 use crate::tty::EchoOff;
-
-/// Block devices the kernel knows, as /dev paths.
-fn block_devices() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/sys/class/block")
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| Path::new("/dev").join(e.file_name()))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-}
 
 enum Opened {
     Network { device: PathBuf, slot: u32 },
