@@ -6,7 +6,9 @@ server's decision history, and prints one row of a table.
     qemu/scenarios.py [--generator minimal,dracut,initramfs-tools] [--scenario NAME ...]
 
 Builds what it needs (release binaries, the Debian kernel, chroots for the generators,
-cached in $NBDE_CACHE) first. Run as root on Debian 12.
+cached in $NBDE_CACHE) first. Run as root on Debian 12. A failed scenario leaves its work
+directory (serial logs, the server's log) in /tmp/nbde-GENERATOR-SCENARIO-*; with
+NBDE_KEEP_WORK=1 a passed one does too.
 """
 import argparse
 import concurrent.futures
@@ -444,7 +446,8 @@ def run_one(gen, name, kdir):
     try:
         result = SCENARIOS[name](gen, kdir, work)
         scan_logs(work, gen.name)
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("NBDE_KEEP_WORK"):
+            shutil.rmtree(work, ignore_errors=True)
         return (gen.name, name, "pass", result, time.monotonic() - start)
     except Exception as e:  # report every scenario, then fail
         print(str(e), file=sys.stderr, flush=True)
