@@ -351,14 +351,39 @@ def device_config(server, work, name):
     return {"url": d["url"], "thp": d["thp"], "adv": adv}
 
 
+def overlaid_initrd(initrd, work, files):
+    """`initrd` with an uncompressed cpio archive of `files` ({path in the image: (text,
+    mode)}) appended: the kernel unpacks concatenated archives in turn, so these replace
+    the image's own files of the same path."""
+    tree = os.path.join(work, "overlay")
+    for path, (text, mode) in files.items():
+        target = os.path.join(tree, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            f.write(text)
+        os.chmod(target, mode)
+    names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=tree, check=True,
+                           capture_output=True, text=True).stdout
+    archive = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=tree,
+                             input=names.encode(), check=True, capture_output=True).stdout
+    out = os.path.join(work, "initrd-overlaid")
+    with open(out, "wb") as f:
+        f.write(open(initrd, "rb").read())
+        # Each archive starts on a 4-byte boundary.
+        f.write(b"\0" * (-f.tell() % 4))
+        f.write(archive)
+    return out
+
+
 def run_boot(gen, kdir, work, image, forwards, label, expects, actions=None, timeout=300,
-             qemu_args=(), append=""):
+             qemu_args=(), append="", initrd=None):
     """Boots; `expects` are (label, regex) in order. When a label is in `actions`, its
     (regex, act) waits for the regex and then calls act(boot) — typing on the console,
-    approving a request. Returns {label: seconds} or raises with the log's tail."""
+    approving a request. `initrd`: another image than the generator's. Returns
+    {label: seconds} or raises with the log's tail."""
     log = os.path.join(work, f"{label}.serial.log")
-    b = boot.Boot(os.path.join(kdir, "vmlinux"), gen.initrd(), image, f"{gen.append} {append}",
-                  forwards, log, qemu_args=qemu_args)
+    b = boot.Boot(os.path.join(kdir, "vmlinux"), initrd or gen.initrd(), image,
+                  f"{gen.append} {append}", forwards, log, qemu_args=qemu_args)
     deadline = time.monotonic() + timeout
     seen = {}
     with b:

@@ -377,6 +377,32 @@ def tpm2_sss(gen, kdir, work):
         server.stop()
 
 
+def no_uuid_link(gen, kdir, work):
+    """crypttab names the root by UUID= and udev has no /dev/disk/by-uuid link for it:
+    cryptroot still finds it (blkid), and so must nbde-unlock, on the block devices."""
+    server = Server(work).start()
+    try:
+        image = os.path.join(work, "nolink.img")
+        bind(image, ("tang", device_config(server, work, "nolink")), work, "nolink")
+        ours = open(os.path.join(REPO, "initramfs-tools/scripts/local-top/nbde-unlock")).read()
+        head, body = ours.split("\n. /scripts/functions\n", 1)
+        link = f"/dev/disk/by-uuid/{chroots.UUID}"
+        # Our own local-top script, the link removed first (said, so the boot proves it).
+        dropped = (f"{head}\n. /scripts/functions\n"
+                   f"[ -L {link} ] && rm -f {link} && echo 'NBDE-TEST: removed {link}'\n{body}")
+        initrd = host.overlaid_initrd(gen.initrd(), work,
+                                      {"scripts/local-top/nbde-unlock": (dropped, 0o755)})
+        t = run_boot(gen, kdir, work, image, [server.port], f"{gen.name}-nolink",
+                     [("removed", "NBDE-TEST: removed"),
+                      ("asking", rf"UUID={chroots.UUID} \(cryptroot\): asking"),
+                      ("root", "NBDE-ROOT-MOUNTED")], initrd=initrd)
+        rows = server.history("ci/nolink")
+        assert rows and rows[0]["decision"] == "allowed", rows
+        return f"link removed at {t['removed']:.1f} s, root at {t['root']:.1f} s, history: allowed"
+    finally:
+        server.stop()
+
+
 SCENARIOS = {
     "allowed": allowed,
     "server-late": server_late,
@@ -392,6 +418,7 @@ SCENARIOS = {
     "https": https,
     "https-wrong-clock": https_wrong_clock,
     "tpm2-sss": tpm2_sss,
+    "no-uuid-link": no_uuid_link,
 }
 
 # Scenarios that prove a mode need one hand-built and one real generator, not every one.
@@ -402,6 +429,8 @@ ONLY_ON = {
     "https-wrong-clock": {"minimal", "dracut", "dracut-token"},
     "tpm2-sss": {"minimal", "dracut-token", "initramfs-tools"},
     "no-network": {"minimal", "dracut", "initramfs-tools"},
+    # cryptroot's own lookup (blkid) against nbde-unlock's; dracut's systemd uses the links.
+    "no-uuid-link": {"initramfs-tools"},
 }
 
 # A generator that proves one way among others runs only what shows that way: dracut with
