@@ -32,19 +32,47 @@ pub use passfifo::passfifo;
 pub use route::RouteWatch;
 pub use standalone::standalone;
 
-/// One line on the console, through the kernel log so it shows wherever the kernel prints.
+/// One line on the console, through the kernel log so it shows wherever the kernel prints
+/// and stays in its log. A program prompting on the console may have turned the kernel's
+/// console output off: cryptsetup's askpass does (`klogctl(SYSLOG_ACTION_CONSOLE_OFF)`)
+/// and never turns it back on. Then the line goes to the console as well, or the person at
+/// the prompt never learns that the server refused or waits for an approval.
 pub fn status(message: &str) {
-    let line = format!("<5>nbde-unlock: {message}\n");
-    let wrote = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/kmsg")
-        .and_then(|mut k| k.write_all(line.as_bytes()))
-        .is_ok();
-    if !wrote {
+    let line = format!("nbde-unlock: {message}\n");
+    let logged = write_line(Path::new("/dev/kmsg"), &format!("<5>{line}"));
+    let shown = logged && !kernel_console_off(&std::fs::read_to_string(PRINTK).unwrap_or_default());
+    if !shown && !write_line(Path::new("/dev/console"), &line) && !logged {
         // Not eprintln!, which panics (and a release build aborts) when stderr is gone: a
         // status line is worth less than the unlock it reports on.
-        let _ = writeln!(std::io::stderr(), "nbde-unlock: {message}");
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
+}
+
+/// The kernel's log levels: the console's current level first, then the default message
+/// level, the lowest the console's may be set to, and its default.
+const PRINTK: &str = "/proc/sys/kernel/printk";
+
+/// Whether the kernel's console output is off: its level set to the lowest allowed, as
+/// `SYSLOG_ACTION_CONSOLE_OFF` does. A `quiet` boot lowers it only to warnings, and there
+/// a notice is meant not to show.
+fn kernel_console_off(printk: &str) -> bool {
+    let levels: Vec<u8> = printk
+        .split_whitespace()
+        .map_while(|l| l.parse().ok())
+        .collect();
+    matches!(levels[..], [console, _, minimum, ..] if console <= minimum)
+}
+
+/// Writes `line` in one write; false when that fails. A terminal is opened without
+/// becoming the caller's controlling terminal.
+fn write_line(path: &Path, line: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .is_ok()
 }
 
 /// Exponential backoff from 1 s to 30 s, each delay drawn from its upper half so that
@@ -357,6 +385,15 @@ mod tests {
         assert!(delays[7] >= Duration::from_secs(15) && delays[7] <= Backoff::MAX);
         assert_eq!(b.next(Some(7)), Duration::from_secs(7));
         assert_eq!(b.next(Some(3600)), Backoff::MAX);
+    }
+
+    #[test]
+    fn the_kernel_console_is_off_only_at_its_lowest_level() {
+        // As askpass leaves it, a plain boot, a `quiet` one, and an unreadable file.
+        assert!(kernel_console_off("1\t4\t1\t7\n"));
+        assert!(!kernel_console_off("7\t4\t1\t7\n"));
+        assert!(!kernel_console_off("4\t4\t1\t7\n"));
+        assert!(!kernel_console_off(""));
     }
 
     #[test]
