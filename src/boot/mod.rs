@@ -64,12 +64,13 @@ fn kernel_console_off(printk: &str) -> bool {
 }
 
 /// Writes `line` in one write; false when that fails. A terminal is opened without
-/// becoming the caller's controlling terminal.
+/// becoming the caller's controlling terminal, and without blocking: a serial console
+/// held up by flow control must not hold up the unlock whose progress it reports.
 fn write_line(path: &Path, line: &str) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOCTTY)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(path)
         .and_then(|mut file| file.write_all(line.as_bytes()))
         .is_ok()
@@ -394,6 +395,43 @@ mod tests {
         assert!(!kernel_console_off("7\t4\t1\t7\n"));
         assert!(!kernel_console_off("4\t4\t1\t7\n"));
         assert!(!kernel_console_off(""));
+    }
+
+    #[test]
+    fn a_console_that_takes_no_more_output_does_not_hold_up_a_status_line() {
+        // A pseudo-terminal whose other end nobody reads: its buffer fills, as a serial
+        // console's does when flow control stops it.
+        let (terminal, _unread_end) = unread_terminal();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let line = format!("nbde-unlock: {}\n", "x".repeat(1000));
+            let written: Vec<bool> = (0..1000).map(|_| write_line(&terminal, &line)).collect();
+            let _ = done.send(written);
+        });
+        let written = finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a write to a full terminal blocked");
+        assert!(written[0], "the first line fits");
+        assert!(!written[999], "a full terminal takes no more");
+    }
+
+    /// A new pseudo-terminal: the path of its terminal end, and its other end, open.
+    fn unread_terminal() -> (PathBuf, std::fs::File) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: posix_openpt returns a new descriptor or -1; grantpt, unlockpt and
+        // ptsname_r only read it, and ptsname_r writes at most name.len() bytes.
+        unsafe {
+            let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(fd >= 0, "posix_openpt");
+            let other_end = std::fs::File::from_raw_fd(fd);
+            assert_eq!(libc::grantpt(fd), 0);
+            assert_eq!(libc::unlockpt(fd), 0);
+            let mut name = [0u8; 64];
+            assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr().cast(), name.len()), 0);
+            let end = name.iter().position(|&b| b == 0).unwrap();
+            let path = PathBuf::from(std::str::from_utf8(&name[..end]).unwrap());
+            (path, other_end)
+        }
     }
 
     #[test]
