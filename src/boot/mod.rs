@@ -35,7 +35,7 @@ pub use standalone::standalone;
 /// One line on the console, through the kernel log so it shows wherever the kernel prints
 /// and stays in its log. A program prompting on the console may have turned the kernel's
 /// console output off: cryptsetup's askpass does (`klogctl(SYSLOG_ACTION_CONSOLE_OFF)`)
-/// and never turns it back on. Then the line goes to the console as well, or the person at
+/// until its prompt is answered. Then the line goes to the console as well, or the person at
 /// the prompt never learns that the server refused or waits for an approval.
 pub fn status(message: &str) {
     let line = format!("nbde-unlock: {message}\n");
